@@ -10,7 +10,6 @@ and reported together in one error.
 from __future__ import annotations
 
 import dataclasses
-import math
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -201,7 +200,7 @@ def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], 
     a = shapes[e.rule.flax]
     shape = a.shape[1:] if e.index is not None else a.shape
     fn = TRANSFORMS[e.rule.transform][1]
-    t = jax.eval_shape(lambda x: fn(x, cfg, e.rule.collection),
+    t = jax.eval_shape(lambda x, fn=fn, c=e.rule.collection: fn(x, cfg, c),
                        jax.ShapeDtypeStruct(shape, a.dtype))
     dtype = TORCH_INT if jnp.issubdtype(a.dtype, jnp.integer) else np.dtype(np.float32)
     out[e.key] = (tuple(t.shape), dtype)
@@ -287,35 +286,25 @@ def torch_from_flax(flat: Mapping[tuple[str, ...], Any], cfg: ModelConfig,
     a = np.asarray(flat[e.rule.flax])
     if e.index is not None:
       a = a[e.index]
-    a = np.ascontiguousarray(TRANSFORMS[e.rule.transform][1](a, cfg, e.rule.collection))
+    a = np.array(TRANSFORMS[e.rule.transform][1](a, cfg, e.rule.collection), order="C")
     a = a.astype(TORCH_INT) if np.issubdtype(a.dtype, np.integer) else a
     sd[prefix + e.key] = a
   return sd
 
 
 def model_from_flax(flat: Mapping[tuple[str, ...], Any], cfg: ModelConfig, *,
-                    seed: int = 0) -> UniFormerV2:
-  """Build a model whose variables are ``flat`` (every Param/BatchStat must be present)."""
-  abstract = nnx.eval_shape(lambda: create_model(cfg, seed))
-  graphdef, state = nnx.split(abstract)
-  fresh_rngs = nnx.state(nnx.Rngs(dropout=seed + 1))
-  leaves = []
-  for path, var in nnx.to_flat_state(state):
-    key = tuple(str(k) for k in path)
-    if key[0] == "rngs":
-      value = dict((tuple(str(k) for k in p), v) for p, v in nnx.to_flat_state(fresh_rngs))[
-        key[1:]].get_value()
-    else:
-      if key not in flat:
-        raise CheckpointError(f"no value for model variable {'/'.join(key)}")
-      value = jnp.asarray(flat[key], dtype=var.get_value().dtype)
-      if value.shape != var.get_value().shape:
-        raise CheckpointError(f"{'/'.join(key)}: shape {value.shape}, expected "
-                              f"{var.get_value().shape}")
-    leaves.append((path, var.replace(value)))
-  model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
-  model.eval()
-  return model
+                    seed: int = 0, allow_missing: bool = False) -> UniFormerV2:
+  """Build a model whose variables are ``flat`` (all of them, unless ``allow_missing``: the
+  rest keep the official initialisation)."""
+  if not allow_missing:
+    missing = [p for p in flat_state(nnx.eval_shape(lambda: create_model(cfg))) if p not in flat]
+    if missing:
+      raise CheckpointError("no value for model variable(s): " +
+                            ", ".join("/".join(p) for p in missing))
+  try:
+    return create_model(cfg, seed, values=flat)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
 
 
 def load_state_dict_into(model: UniFormerV2, sd: Mapping[str, Any], *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -68,7 +68,8 @@ class ModelConfig:
     problems = []
     if self.input_resolution % self.patch_size:
       problems.append(
-        f"input_resolution {self.input_resolution} is not a multiple of patch_size {self.patch_size}"
+        f"input_resolution {self.input_resolution} is not a multiple of "
+        f"patch_size {self.patch_size}"
       )
     if self.width % self.heads:
       problems.append(f"width {self.width} is not divisible by heads {self.heads}")
@@ -130,38 +131,51 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------- initialisers
+# Each variable records how it is initialised (``init_spec`` metadata), so ``create_model`` can
+# fill a shape-only model on the host with NumPy: constructing through ``jax.random`` costs one
+# XLA compilation per distinct shape (tens of seconds on CPU), the host path none.
 def _torch_default_uniform(fan_in: int):
   """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+  return ("uniform", 1.0 / math.sqrt(fan_in))
 
 
 def _xavier_uniform(fan_in: int, fan_out: int):
-  bound = math.sqrt(6.0 / (fan_in + fan_out))
-
-  def init(key, shape, dtype):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+  return ("uniform", math.sqrt(6.0 / (fan_in + fan_out)))
 
 
 def _normal(std: float):
-  def init(key, shape, dtype):
-    return std * jax.random.normal(key, shape, dtype)
-
-  return init
+  return ("normal", std)
 
 
-def _param(rngs: nnx.Rngs, init, shape, dtype) -> nnx.Param:
-  return nnx.Param(init(rngs.params(), tuple(shape), dtype))
+ZEROS, ONES = ("zeros",), ("ones",)
+
+
+def _jax_init(spec, key, shape, dtype):
+  kind = spec[0]
+  if kind == "uniform":
+    return jax.random.uniform(key, shape, dtype, -spec[1], spec[1])
+  if kind == "normal":
+    return spec[1] * jax.random.normal(key, shape, dtype)
+  return (jnp.zeros if kind == "zeros" else jnp.ones)(shape, dtype)
+
+
+def host_init(spec, rng: np.random.Generator, shape, dtype) -> np.ndarray:
+  """The same distribution as ``_jax_init``, drawn with NumPy."""
+  kind = spec[0]
+  if kind == "uniform":
+    return rng.uniform(-spec[1], spec[1], shape).astype(dtype)
+  if kind == "normal":
+    return (spec[1] * rng.standard_normal(shape)).astype(dtype)
+  return (np.zeros if kind == "zeros" else np.ones)(shape, dtype)
+
+
+def _param(rngs: nnx.Rngs | None, spec, shape, dtype) -> nnx.Param:
+  key = rngs.params() if spec[0] in ("uniform", "normal") else None
+  return nnx.Param(_jax_init(spec, key, tuple(shape), dtype), init_spec=spec)
 
 
 def _zeros(shape, dtype) -> nnx.Param:
-  return nnx.Param(jnp.zeros(shape, dtype))
+  return _param(None, ZEROS, shape, dtype)
 
 
 # ----------------------------------------------------------------------------- numerics helpers
@@ -217,8 +231,8 @@ def _split(key, n):
 # ----------------------------------------------------------------------------- modules
 class LayerNorm(nnx.Module):
   def __init__(self, dim: int, *, param_dtype):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+    self.scale = _param(None, ONES, (dim,), param_dtype)
+    self.bias = _zeros((dim,), param_dtype)
 
   def __call__(self, x):
     return layer_norm(x, self.scale[...], self.bias[...])
@@ -230,10 +244,7 @@ class Dense(nnx.Module):
   def __init__(self, din, dout, *, rngs, param_dtype, kernel_init=None, bias_init=None):
     kernel_init = kernel_init or _torch_default_uniform(din)
     self.kernel = _param(rngs, kernel_init, (din, dout), param_dtype)
-    if bias_init == "zeros":
-      self.bias = _zeros((dout,), param_dtype)
-    else:
-      self.bias = _param(rngs, bias_init or _torch_default_uniform(din), (dout,), param_dtype)
+    self.bias = _param(rngs, bias_init or _torch_default_uniform(din), (dout,), param_dtype)
 
   def __call__(self, x, dtype):
     y = jnp.einsum("...i,io->...o", x.astype(dtype), self.kernel[...].astype(dtype))
@@ -257,7 +268,8 @@ class MultiHeadAttention(nnx.Module):
     if zero_out:
       self.out_proj_kernel = _zeros((heads, dh, dim), param_dtype)
     else:
-      self.out_proj_kernel = _param(rngs, _torch_default_uniform(dim), (heads, dh, dim), param_dtype)
+      self.out_proj_kernel = _param(rngs, _torch_default_uniform(dim), (heads, dh, dim),
+                                    param_dtype)
     self.out_proj_bias = _zeros((dim,), param_dtype)
 
   def qkv_bias(self, dtype):
@@ -300,9 +312,8 @@ class MLP(nnx.Module):
     fc_init = _xavier_uniform(dim, hidden) if xavier_fc else None
     self.c_fc = Dense(dim, hidden, rngs=rngs, param_dtype=param_dtype, kernel_init=fc_init)
     if zero_proj:
-      zeros = lambda key, shape, dtype: jnp.zeros(shape, dtype)  # noqa: E731
-      self.c_proj = Dense(hidden, dim, rngs=rngs, param_dtype=param_dtype, kernel_init=zeros,
-                          bias_init="zeros")
+      self.c_proj = Dense(hidden, dim, rngs=rngs, param_dtype=param_dtype, kernel_init=ZEROS,
+                          bias_init=ZEROS)
     else:
       self.c_proj = Dense(hidden, dim, rngs=rngs, param_dtype=param_dtype)
 
@@ -321,11 +332,11 @@ class BatchNorm(nnx.Module):
 
   def __init__(self, dim, *, param_dtype, momentum=0.1, eps=1e-5):
     self.momentum, self.eps = momentum, eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros((dim,), param_dtype))
-    self.var = nnx.BatchStat(jnp.ones((dim,), param_dtype))
-    self.num_batches_tracked = Count(jnp.zeros((), jnp.int32))
+    self.scale = _param(None, ONES, (dim,), param_dtype)
+    self.bias = _zeros((dim,), param_dtype)
+    self.mean = nnx.BatchStat(jnp.zeros((dim,), param_dtype), init_spec=ZEROS)
+    self.var = nnx.BatchStat(jnp.ones((dim,), param_dtype), init_spec=ONES)
+    self.num_batches_tracked = Count(jnp.zeros((), jnp.int32), init_spec=ZEROS)
 
   def __call__(self, x, train: bool):
     ct = jnp.promote_types(x.dtype, jnp.float32)
@@ -359,9 +370,8 @@ class LocalMHRA(nnx.Module):
     self.down = Dense(dim, reduced, rngs=rngs, param_dtype=param_dtype)
     self.dw_kernel = _param(rngs, _torch_default_uniform(3), (3, reduced), param_dtype)
     self.dw_bias = _param(rngs, _torch_default_uniform(3), (reduced,), param_dtype)
-    zeros = lambda key, shape, dtype: jnp.zeros(shape, dtype)  # noqa: E731
-    self.up = Dense(reduced, dim, rngs=rngs, param_dtype=param_dtype, kernel_init=zeros,
-                    bias_init="zeros")
+    self.up = Dense(reduced, dim, rngs=rngs, param_dtype=param_dtype, kernel_init=ZEROS,
+                    bias_init=ZEROS)
 
   def __call__(self, x, train: bool, dtype):
     """``x [B, T', g*g, C]`` patch tokens -> branch output of the same shape."""
@@ -576,10 +586,10 @@ class UniFormerV2(nnx.Module):
     # weights), so any frame count works; the resolution is fixed by the positional embedding.
     if x.ndim != 5 or h != w or h != cfg.input_resolution or ch != 3 or t < 1 or (
         cfg.temporal_downsample and t % 2):
+      even = "; T even with temporal downsampling" if cfg.temporal_downsample else ""
       raise ValueError(
         f"UniFormerV2 expects input [B, T, {cfg.input_resolution}, {cfg.input_resolution}, 3] "
-        f"(B, T, H, W, RGB{'; T even with temporal downsampling' if cfg.temporal_downsample else ''}"
-        f"); got {tuple(x.shape)}"
+        f"(B, T, H, W, RGB{even}); got {tuple(x.shape)}"
       )
     x = self.conv1(x, dtype)  # [B, T', g, g, C]
     b, tp, g, _, c = x.shape
@@ -588,17 +598,15 @@ class UniFormerV2(nnx.Module):
     x = jnp.concatenate([cls, x], axis=2) + self.positional_embedding[...].astype(dtype)
     return self.ln_pre(x)
 
-  def _backbone(self, x, *, train, key, all_outputs):
+  def _backbone(self, x, *, batch_stats, key, all_outputs):
     """Returns the last block's output and the outputs of the RETURN_LIST blocks (stacked)."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     rates = jnp.asarray(np.linspace(0, cfg.backbone_drop_path_rate, cfg.layers), jnp.float32)
     keys = None if key is None else jax.random.split(key, cfg.layers)
-    use_bn_batch_stats = train and not self.use_running_average
-
     def body(carry, layer, xs):
       rate, k = xs
-      y = layer(carry, train=use_bn_batch_stats, dtype=dtype, rate=rate, key=k)
+      y = layer(carry, train=batch_stats, dtype=dtype, rate=rate, key=k)
       return y, y
 
     xs_all = (rates, keys)
@@ -655,8 +663,9 @@ class UniFormerV2(nnx.Module):
     and BatchNorm uses batch statistics and updates its running statistics.
     """
     cfg = self.cfg
-    if train is None:
-      train = not self.deterministic
+    # An explicit `train` sets both behaviours; otherwise each follows its module switch.
+    batch_stats = (not self.use_running_average) if train is None else train
+    train = (not self.deterministic) if train is None else train
     stochastic = train and (
       cfg.backbone_drop_path_rate > 0 or cfg.drop_path_rate > 0 or cfg.cls_dropout > 0
       or any(p > 0 for p in cfg.mlp_dropout)
@@ -669,7 +678,7 @@ class UniFormerV2(nnx.Module):
     x = self.stem(x)
     if return_intermediates:
       inter["stem"] = x
-    last, outs, first = self._backbone(x, train=train, key=k_backbone,
+    last, outs, first = self._backbone(x, batch_stats=batch_stats, key=k_backbone,
                                        all_outputs=return_intermediates)
     if return_intermediates:
       for i in range(cfg.layers):
@@ -721,13 +730,40 @@ def count_params(model_or_state) -> int:
   return int(sum(math.prod(a.shape) for a in jax.tree.leaves(state)))
 
 
-def create_model(cfg: ModelConfig, seed: int = 0) -> UniFormerV2:
-  """A freshly initialised model (official initialisation) in eval mode."""
-  model = UniFormerV2(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+def create_model(cfg: ModelConfig, seed: int = 0,
+                 values: Mapping[tuple[str, ...], Any] | None = None) -> UniFormerV2:
+  """A model in eval mode: variables from ``values`` ({path: array}) where given, the official
+  initialisation (drawn on the host from ``seed``) elsewhere."""
+  abstract = abstract_model(cfg, seed)
+  graphdef, state = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+  values = values or {}
+  fresh_rngs = {tuple(str(k) for k in p): v
+                for p, v in nnx.to_flat_state(nnx.state(nnx.Rngs(dropout=seed + 1)))}
+  leaves = []
+  for path, var in nnx.to_flat_state(state):
+    names = tuple(str(k) for k in path)
+    a = var.get_value()
+    if names[0] == "rngs":
+      value = fresh_rngs[names[1:]].get_value()
+    elif names in values:
+      value = jnp.asarray(values[names], dtype=a.dtype)
+      if value.shape != a.shape:
+        raise ValueError(f"{'/'.join(names)}: shape {value.shape}, the model has {a.shape}")
+    else:
+      value = jnp.asarray(host_init(var.get_metadata()["init_spec"], rng, a.shape, a.dtype))
+    leaves.append((path, var.replace(value)))
+  model = nnx.merge(graphdef, nnx.from_flat_state(leaves))
   model.eval()
   return model
 
 
-def abstract_model(cfg: ModelConfig) -> UniFormerV2:
+def abstract_model(cfg: ModelConfig, seed: int = 0) -> UniFormerV2:
   """Shapes and dtypes only (``jax.ShapeDtypeStruct`` leaves): no memory is allocated."""
-  return nnx.eval_shape(lambda: create_model(cfg))
+
+  def build():
+    model = UniFormerV2(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    model.eval()
+    return model
+
+  return nnx.eval_shape(build)

@@ -1,0 +1,281 @@
+"""Parity of the Flax model with the official PyTorch model (fixtures) and with an independent
+NumPy float64 forward on configurations the fixtures do not cover."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import uniformerv2_jax as u
+from tests import reference_numpy
+from tests.conftest import FIXTURES, REPO
+from tests.util import random_official_state_dict
+from uniformerv2_jax.convert import (
+  flat_state,
+  flax_from_torch,
+  model_from_flax,
+  read_checkpoint,
+  strip_prefix,
+)
+from uniformerv2_jax.model import ModelConfig
+
+VIDEO_FIXTURES = ["tiny_k400", "tiny_ssv2"]
+
+
+def channels_last(x: np.ndarray) -> jnp.ndarray:
+  """Official [B, 3, T, H, W] -> ours [B, T, H, W, 3]."""
+  return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 4, 1))
+
+
+def load_fixture(name: str, fmt: str = "pth", **overrides):
+  d = FIXTURES / name
+  return u.load_official(d / f"model.{fmt}", d / "config.json", **overrides)
+
+
+@nnx.jit(static_argnames=("train", "return_intermediates"))
+def run(model, x, key=None, train=False, return_intermediates=False):
+  return model(x, train=train, key=key, return_intermediates=return_intermediates)
+
+
+@pytest.mark.parametrize("name", VIDEO_FIXTURES)
+def test_logits_features_and_intermediates_match_official(name):
+  d = FIXTURES / name
+  model = load_fixture(name)
+  logits, inter = run(model, channels_last(np.load(d / "input.npy")), return_intermediates=True)
+  np.testing.assert_allclose(logits, np.load(d / "logits.npy"), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(inter["fused"], np.load(d / "features.npy"), atol=1e-4, rtol=1e-4)
+  ref = np.load(d / "intermediates.npz")
+  assert set(ref.files) <= set(inter), sorted(set(ref.files) - set(inter))
+  for k in ref.files:
+    got, want = np.asarray(inter[k]), ref[k]
+    assert got.shape == want.shape, (k, got.shape, want.shape)
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    assert rel < 1e-4, f"{name} {k}: max error {rel:.2e} of the max magnitude"
+
+
+@pytest.mark.parametrize("name", VIDEO_FIXTURES)
+def test_pth_and_npz_give_identical_params(name):
+  a = flat_state(load_fixture(name, "pth"))
+  b = flat_state(load_fixture(name, "npz"))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=str(k))
+
+
+def test_numpy_reference_reproduces_official_float64():
+  """The independent reference used below must itself be right (to 1e-12 on both fixtures)."""
+  for name in VIDEO_FIXTURES:
+    d = FIXTURES / name
+    cfg = u.config_from_official(d / "config.json")
+    sd = strip_prefix(read_checkpoint(d / "model.npz"))
+    np.testing.assert_allclose(reference_numpy.forward(sd, cfg, np.load(d / "input.npy")),
+                               np.load(d / "logits_f64.npy"), atol=1e-12, rtol=0)
+
+
+# Configurations the fixtures do not cover: odd grids, non-contiguous RETURN_LIST, a single local
+# MHRA with a flooring DW_REDUCTION, frozen, MLP_FACTOR giving a rounded width, batch 1 and 3.
+OTHER_CONFIGS = {
+  "odd_grid_single_lmhra_noncontiguous": dict(
+    num_classes=7, num_frames=6, input_resolution=40, patch_size=8, width=32, layers=3, heads=2,
+    temporal_downsample=True, no_lmhra=False, double_lmhra=False, dw_reduction=2.5,
+    return_list=(0, 2), n_layers=2, n_dim=32, n_head=4, mlp_factor=1.5,
+    mlp_dropout=(0.5, 0.5), cls_dropout=0.5),
+  "frozen_no_lmhra_t3": dict(
+    num_classes=5, num_frames=3, input_resolution=24, patch_size=8, width=24, layers=2,
+    heads=3, temporal_downsample=False, no_lmhra=True, return_list=(1,), n_layers=1, n_dim=24,
+    n_head=2, mlp_factor=0.5, mlp_dropout=(0.5,), frozen=True),
+  "double_lmhra_every_layer_returned": dict(
+    num_classes=4, num_frames=4, input_resolution=24, patch_size=4, width=40, layers=4, heads=4,
+    temporal_downsample=True, no_lmhra=False, double_lmhra=True, dw_reduction=1.5,
+    return_list=(3, 0, 1, 2), n_layers=4, n_dim=40, n_head=5, mlp_factor=4.0,
+    mlp_dropout=(0.5,) * 4),
+}
+BATCH = {"odd_grid_single_lmhra_noncontiguous": 3, "frozen_no_lmhra_t3": 1,
+         "double_lmhra_every_layer_returned": 2}
+
+
+@pytest.mark.parametrize("which", sorted(OTHER_CONFIGS))
+def test_any_config_matches_numpy_reference(which):
+  cfg = ModelConfig(**OTHER_CONFIGS[which])
+  sd = random_official_state_dict(cfg, seed=len(which))
+  model = model_from_flax(flax_from_torch(sd, cfg), cfg)
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((BATCH[which], 3, cfg.num_frames, cfg.input_resolution,
+                           cfg.input_resolution)).astype(np.float32)
+  logits, inter = run(model, channels_last(x), return_intermediates=True)
+  want_logits, want_fused = reference_numpy.forward(sd, cfg, x, return_features=True)
+  assert logits.shape == (BATCH[which], cfg.num_classes)
+  np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(inter["fused"], want_fused, atol=1e-4, rtol=1e-4)
+
+
+def test_float64_matches_official_float64_references():
+  """x64 changes global jax state, so it runs in a fresh interpreter."""
+  script = textwrap.dedent(f"""
+    import jax, numpy as np, json
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import uniformerv2_jax as u
+    from tests import reference_numpy
+    from tests.test_model import OTHER_CONFIGS, BATCH
+    from tests.util import random_official_state_dict
+    from uniformerv2_jax.convert import flax_from_torch, model_from_flax
+    from uniformerv2_jax.model import ModelConfig
+    out = {{}}
+    for name in {VIDEO_FIXTURES!r}:
+      d = "{FIXTURES}/" + name
+      m = u.load_official(d + "/model.npz", d + "/config.json", dtype="float64",
+                          param_dtype="float64")
+      x = jnp.asarray(np.load(d + "/input.npy").transpose(0, 2, 3, 4, 1), jnp.float64)
+      y = np.asarray(m(x))
+      assert y.dtype == np.float64
+      out[name] = float(np.abs(y - np.load(d + "/logits_f64.npy")).max())
+    for which, kw in OTHER_CONFIGS.items():
+      cfg = ModelConfig(**kw, dtype="float64", param_dtype="float64")
+      sd = random_official_state_dict(cfg, seed=len(which))
+      m = model_from_flax(flax_from_torch(sd, cfg), cfg)
+      x = np.random.default_rng(1).standard_normal(
+        (BATCH[which], 3, cfg.num_frames, cfg.input_resolution, cfg.input_resolution))
+      y = np.asarray(m(jnp.asarray(x.transpose(0, 2, 3, 4, 1))))
+      out[which] = float(np.abs(y - reference_numpy.forward(sd, cfg, x)).max())
+    print("RESULT" + json.dumps(out))
+  """)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  errors = json.loads(proc.stdout.split("RESULT")[-1])
+  for name, err in errors.items():
+    assert err < 1e-10, f"{name}: float64 logits differ by {err:.2e}"
+
+
+@pytest.mark.parametrize("name", VIDEO_FIXTURES)
+def test_scan_and_loop_are_identical(name):
+  x = channels_last(np.load(FIXTURES / name / "input.npy"))
+  key = jax.random.key(3)
+  results = {}
+  for scan in (True, False):
+    model = load_fixture(name, scan_layers=scan)
+    eval_logits = run(model, x)
+    train_logits = run(model, x, key=key, train=True)  # BN batch stats, dropout, drop path
+    stats = flat_state(model, nnx.BatchStat)
+    results[scan] = (eval_logits, train_logits, stats)
+  for a, b in zip(results[True][:2], results[False][:2], strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for k in results[True][2]:
+    np.testing.assert_array_equal(results[True][2][k], results[False][2][k], err_msg=str(k))
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_does_not_change_results(policy):
+  name = "tiny_ssv2"
+  x = channels_last(np.load(FIXTURES / name / "input.npy"))
+  labels = jnp.asarray([1, 2])
+
+  def loss_and_grad(model):
+    def loss(m):
+      logits = m(x, train=True, key=jax.random.key(0))
+      return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+    return nnx.jit(nnx.value_and_grad(loss))(model)
+
+  base_loss, base_grads = loss_and_grad(load_fixture(name))
+  loss, grads = loss_and_grad(load_fixture(name, remat_policy=policy))
+  np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_train_mode_batchnorm_updates_like_torch():
+  """One training-mode forward of the tiny SSv2 model (the official train-step fixture: same
+  weights, dropout 0) updates every BatchNorm like torch: momentum 0.1, unbiased running var,
+  num_batches_tracked + 1. Layer 0's first BN is also checked against a NumPy computation."""
+  d = FIXTURES / "train_step_ssv2"
+  cfg_json = json.loads((d / "config.json").read_text())
+  model = u.load_official(FIXTURES / "tiny_ssv2" / "model.npz", cfg_json)
+  assert model.cfg.cls_dropout == 0 and model.cfg.backbone_drop_path_rate == 0
+  x = channels_last(np.load(d / "input.npy"))
+  before = flat_state(model, nnx.BatchStat)
+  stem = np.asarray(model.stem(x))  # the input of block 0's first LMHRA (patch tokens)
+  run(model, x, train=True)
+  after = flat_state(model, nnx.BatchStat)
+
+  patches = stem[:, :, 1:].reshape(-1, stem.shape[-1]).astype(np.float64)
+  n = patches.shape[0]
+  bn = ("resblocks", "lmhra1", "bn")
+  want_mean = 0.9 * before[bn + ("mean",)][0] + 0.1 * patches.mean(0)
+  want_var = 0.9 * before[bn + ("var",)][0] + 0.1 * patches.var(0) * n / (n - 1)
+  np.testing.assert_allclose(after[bn + ("mean",)][0], want_mean, atol=1e-6, rtol=1e-5)
+  np.testing.assert_allclose(after[bn + ("var",)][0], want_var, atol=1e-6, rtol=1e-5)
+
+  # Against the official code's buffers after its train-mode forward (bn_after.npz).
+  official = np.load(d / "bn_after.npz")
+  sd_after = u.convert.torch_from_flax({**flat_state(model)}, model.cfg, prefix="backbone.")
+  for k in official.files:
+    got = sd_after[k]
+    if k.endswith("num_batches_tracked"):
+      assert int(got) == int(official[k]) == 101, k
+    else:
+      np.testing.assert_allclose(got, official[k], atol=2e-5, rtol=1e-4, err_msg=k)
+
+
+def test_dropout_and_drop_path_act_only_in_training():
+  model = load_fixture("tiny_ssv2")  # drop paths 0.2 / 0.4, dropouts 0.5
+  x = channels_last(np.load(FIXTURES / "tiny_ssv2" / "input.npy"))
+  e1, e2 = run(model, x), run(model, x)
+  np.testing.assert_array_equal(e1, e2)
+  model = load_fixture("tiny_ssv2")
+  t1 = run(model, x, key=jax.random.key(1), train=True)
+  model = load_fixture("tiny_ssv2")
+  t2 = run(model, x, key=jax.random.key(2), train=True)
+  assert np.abs(np.asarray(t1) - np.asarray(t2)).max() > 1e-3
+  # With every rate at zero, training differs from eval only through BatchNorm: without local
+  # MHRA (tiny_k400 with rates zeroed) train mode equals eval mode.
+  zero = dict(backbone_drop_path_rate=0.0, drop_path_rate=0.0, cls_dropout=0.0,
+              mlp_dropout=(0.0, 0.0))
+  model = load_fixture("tiny_k400", **zero)
+  xk = channels_last(np.load(FIXTURES / "tiny_k400" / "input.npy"))
+  np.testing.assert_array_equal(run(model, xk), run(model, xk, key=jax.random.key(0), train=True))
+
+
+def test_module_train_eval_switches():
+  model = load_fixture("tiny_k400")
+  x = channels_last(np.load(FIXTURES / "tiny_k400" / "input.npy"))
+  ref = np.asarray(model(x))  # load_official returns eval mode
+  model.train()
+  assert np.abs(np.asarray(model(x)) - ref).max() > 1e-3  # head dropout 0.5 now active
+  model.eval()
+  np.testing.assert_array_equal(np.asarray(model(x)), ref)
+
+
+def test_input_shape_errors_are_clear():
+  model = load_fixture("tiny_k400")
+  with pytest.raises(ValueError,
+                     match=r"expects input \[B, T, 64, 64, 3\].*got \(2, 8, 3, 64, 64\)"):
+    model(jnp.zeros((2, 8, 3, 64, 64)))
+  with pytest.raises(ValueError, match="got"):
+    model(jnp.zeros((2, 8, 48, 48, 3)))
+  ssv2 = load_fixture("tiny_ssv2")
+  with pytest.raises(ValueError, match="T even"):
+    ssv2(jnp.zeros((1, 5, 48, 48, 3)))
+
+
+def test_any_frame_count_and_batch_size_run():
+  model = load_fixture("tiny_k400")
+  for b, t in ((1, 4), (3, 16)):
+    assert model(jnp.zeros((b, t, 64, 64, 3))).shape == (b, 10)
+
+
+def test_invalid_configs_are_rejected_with_reasons():
+  with pytest.raises(ValueError, match="n_layers 2 != len\\(return_list\\) 1"):
+    ModelConfig(return_list=(11,), n_layers=2, mlp_dropout=(0.5, 0.5))
+  with pytest.raises(ValueError, match="not a multiple of patch_size"):
+    ModelConfig(input_resolution=100)
+  with pytest.raises(ValueError, match="must equal the backbone width"):
+    ModelConfig(n_dim=512)

@@ -1,0 +1,37 @@
+"""Helpers shared by tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from uniformerv2_jax.convert import expected_torch_shapes
+from uniformerv2_jax.model import ModelConfig
+
+
+def random_official_state_dict(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random, non-trivial values for every official key of ``cfg`` (prefix stripped).
+
+  Like the fixtures: weights ~ N(0, 1/fan_in), biases ~ 0.1 N(0,1), norm scales ~ 1 + 0.2 N,
+  BN running var ~ U(0.5, 1.5); nothing is left at a constant, so every branch is exercised.
+  """
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for key, (shape, dtype) in expected_torch_shapes(cfg).items():
+    if np.issubdtype(dtype, np.integer):
+      sd[key] = np.asarray(100, dtype)
+    elif key.endswith("running_var"):
+      sd[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    elif key.endswith("running_mean"):
+      sd[key] = (0.2 * rng.standard_normal(shape)).astype(np.float32)
+    elif len(shape) <= 1 and ("ln" in key or "pos_embed.0" in key or "proj.0" in key) \
+        and key.endswith("weight"):
+      sd[key] = (1 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+    elif len(shape) <= 1 and key != "class_embedding" and key != "transformer.balance":
+      sd[key] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    else:
+      fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+      scale = 1.0 if key in ("class_embedding", "transformer.balance") else fan_in**-0.5
+      sd[key] = (scale * rng.standard_normal(shape)).astype(np.float32)
+  return sd

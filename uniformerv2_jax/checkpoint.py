@@ -1,0 +1,150 @@
+"""Orbax checkpoints of UniFormerV2: one layout for the converter and the trainer.
+
+A checkpoint directory is an Orbax ``CheckpointManager`` root holding step directories; each step
+has the items
+  ``params``       the model parameters (a nested dict of arrays, stacked layer axes as in the
+                   model; plain Orbax ``StandardSave``, so Orbax alone can open it),
+  ``batch_stats``  BatchNorm running statistics (only for models with local MHRA),
+  ``config``       JSON: ``{"model": ModelConfig fields, "official": the official-name config,
+                   ...}`` so a checkpoint restores without any other file,
+and, written by the trainer, ``opt_state``, ``data_state`` and ``train_state``.
+The converter writes step 0. ``WORKDIR`` (a training run) resolves to ``WORKDIR/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from uniformerv2_jax.model import ModelConfig, UniFormerV2, create_model
+from uniformerv2_jax.variants import official_from_config
+
+
+def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
+  d = dataclasses.asdict(cfg)
+  d["return_list"] = list(cfg.return_list)
+  d["mlp_dropout"] = list(cfg.mlp_dropout)
+  return d
+
+
+def config_from_json(d: dict[str, Any], **overrides) -> ModelConfig:
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"checkpoint config has unknown model fields {unknown}")
+  return ModelConfig(**{**d, **overrides})
+
+
+def resolve_directory(directory: str | Path) -> epath.Path:
+  """A manager root; a training workdir is accepted and resolves to its ``checkpoints``."""
+  path = epath.Path(directory)
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  return path
+
+
+def _manager(directory, *, read_only: bool) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
+                                         enable_async_checkpointing=False),
+  )
+
+
+def _pure(model: nnx.Module, kind) -> dict:
+  return nnx.state(model, kind).to_pure_dict()
+
+
+def save_model(directory: str | Path, model: UniFormerV2, *, step: int = 0,
+               extra_config: dict[str, Any] | None = None) -> Path:
+  """Write ``model`` (params, BatchNorm statistics and its config) as an Orbax checkpoint."""
+  path = epath.Path(directory)
+  config = {"model": config_to_json(model.cfg), "official": official_from_config(model.cfg)}
+  config.update(extra_config or {})
+  items = {"params": ocp.args.StandardSave(_pure(model, nnx.Param)),
+           "config": ocp.args.JsonSave(config)}
+  stats = _pure(model, nnx.BatchStat)
+  if jax.tree.leaves(stats):
+    items["batch_stats"] = ocp.args.StandardSave(stats)
+  with _manager(path, read_only=False) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    mngr.wait_until_finished()
+  return Path(str(path))
+
+
+def checkpoint_steps(directory: str | Path) -> list[int]:
+  path = resolve_directory(directory)
+  if not path.is_dir():
+    return []
+  with _manager(path, read_only=True) as mngr:
+    return list(mngr.all_steps())
+
+
+def read_config(directory: str | Path, step: int | None = None) -> dict[str, Any]:
+  """The ``config`` item of a checkpoint (model config and whatever the writer added)."""
+  path = resolve_directory(directory)
+  with _manager(path, read_only=True) as mngr:
+    step = _pick_step(mngr, path, step)
+    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def _pick_step(mngr: ocp.CheckpointManager, path, step: int | None) -> int:
+  steps = list(mngr.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"{path}: no Orbax checkpoint steps found (expected a directory "
+                            "written by convert_torch_weights.py or by training)")
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise FileNotFoundError(f"{path}: no step {step}; available: {sorted(steps)}")
+  return step
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+def load_checkpoint(directory: str | Path, *, step: int | None = None,
+                    **overrides) -> UniFormerV2:
+  """Restore the model saved in ``directory`` (latest step unless ``step``), in eval mode.
+
+  ``overrides`` change implementation fields of the stored config (``scan_layers``,
+  ``remat_policy``, ``dtype``); they cannot change shapes.
+  """
+  path = resolve_directory(directory)
+  with _manager(path, read_only=True) as mngr:
+    step = _pick_step(mngr, path, step)
+    config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    cfg = config_from_json(config["model"], **overrides)
+    abstract = nnx.eval_shape(lambda: create_model(cfg))
+    items = {"params": ocp.args.StandardRestore(_abstract(_pure(abstract, nnx.Param)))}
+    stats = _pure(abstract, nnx.BatchStat)
+    if jax.tree.leaves(stats):
+      items["batch_stats"] = ocp.args.StandardRestore(_abstract(stats))
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  values = {}
+  for item in items:
+    values.update(flatten_dict(restored[item]))
+  return create_model(cfg, values=values)
+
+
+def flatten_dict(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten_dict(v, prefix + (str(k),)))
+    else:
+      out[prefix + (str(k),)] = v
+  return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+  epath.Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True))
