@@ -279,10 +279,16 @@ def flax_from_torch(sd: Mapping[str, Any], cfg: ModelConfig, *, allow_missing: b
 
 
 def torch_from_flax(flat: Mapping[tuple[str, ...], Any], cfg: ModelConfig,
-                    prefix: str = PREFIX) -> OrderedDict[str, np.ndarray]:
-  """{flax path: array} -> the official flat state dict (NumPy, official key order)."""
+                    prefix: str = PREFIX, partial: bool = False) -> OrderedDict[str, np.ndarray]:
+  """{flax path: array} -> the official flat state dict (NumPy, official key order).
+
+  ``partial``: convert only the paths present (e.g. gradients, which have no BatchNorm
+  statistics); otherwise every table entry must be there.
+  """
   sd: OrderedDict[str, np.ndarray] = OrderedDict()
   for e in entries(cfg):
+    if partial and e.rule.flax not in flat:
+      continue
     a = np.asarray(flat[e.rule.flax])
     if e.index is not None:
       a = a[e.index]
@@ -453,3 +459,189 @@ def weight_decay_mask(model_or_state, cfg: ModelConfig | None = None):
     return ndim >= 2 and "bn" not in keys
 
   return jax.tree_util.tree_map_with_path(rule, state)
+
+
+# ============================================================================= foreign layouts
+# Data tables for the other checkpoint layouts the converter reads and writes. Each is a pure
+# key-name mapping onto the official names above (``backbone.`` prefix dropped unless stated), so
+# the official table stays the single place that knows the Flax side.
+
+# --- MMAction2 (open-mmlab/mmaction2 UniFormerV2 + UniFormerHead/TimeSformerHead) -------------
+# Full keys (with prefix): official <-> MMAction2. Every other key is identical in both.
+MMACTION2_RENAMES: tuple[tuple[str, str], ...] = (
+  ("backbone.transformer.proj.0.weight", "backbone.transformer.norm.weight"),
+  ("backbone.transformer.proj.0.bias", "backbone.transformer.norm.bias"),
+  ("backbone.transformer.proj.2.weight", "cls_head.fc_cls.weight"),
+  ("backbone.transformer.proj.2.bias", "cls_head.fc_cls.bias"),
+)
+# MMAction2 has no FROZEN variant: it always creates ``balance``. A frozen model is emulated
+# exactly with sigmoid(balance) == 0, which float32 and float64 give for this value.
+MMACTION2_FROZEN_BALANCE = -1e4
+MMACTION2_BALANCE_KEY = "backbone.transformer.balance"
+
+
+def mmaction2_from_official(sd: Mapping[str, Any], cfg: ModelConfig) -> OrderedDict[str, Any]:
+  """Official full-key state dict -> MMAction2 ``state_dict`` (same tensors, same order).
+
+  For a FROZEN config a ``balance`` of -1e4 is added after ``temporal_cls_token`` (where
+  MMAction2 registers it), so MMAction2's strict load works and its output equals ours.
+  """
+  rename = dict(MMACTION2_RENAMES)
+  out: OrderedDict[str, Any] = OrderedDict()
+  for k, v in sd.items():
+    out[rename.get(k, k)] = v
+    if cfg.frozen and k == PREFIX + "transformer.temporal_cls_token":
+      out[MMACTION2_BALANCE_KEY] = np.full((cfg.n_dim,), MMACTION2_FROZEN_BALANCE, np.float32)
+  return out
+
+
+def official_from_mmaction2(sd: Mapping[str, Any], cfg: ModelConfig) -> tuple[
+    OrderedDict[str, Any], list[str]]:
+  """MMAction2 state dict (Recognizer keys, or a backbone-only dict without prefix) -> official
+  full-key state dict, plus notes on what was dropped.
+
+  A ``balance`` in a checkpoint for a FROZEN config is accepted only if every entry is
+  <= -1e4 (the frozen emulation: its weight is exactly 0); it is then dropped.
+  """
+  rename = {m: o for o, m in MMACTION2_RENAMES}
+  out: OrderedDict[str, Any] = OrderedDict()
+  notes = []
+  for k, v in sd.items():
+    if not (k.startswith(PREFIX) or k.startswith("cls_head.")):
+      k = PREFIX + k  # standalone backbone checkpoint (init_cfg prefix='backbone.')
+    if cfg.frozen and k == MMACTION2_BALANCE_KEY:
+      b = np.asarray(v, np.float64)
+      if b.size and np.all(b <= MMACTION2_FROZEN_BALANCE):
+        notes.append(f"{k}: dropped (all <= {MMACTION2_FROZEN_BALANCE:g}: the frozen-model "
+                     "emulation, weight sigmoid(balance) = 0)")
+        continue
+      raise CheckpointError(
+        f"{k}: the config is FROZEN (no balance) but this MMAction2 checkpoint has a balance "
+        f"with values up to {b.max():.4g}; only an all <= {MMACTION2_FROZEN_BALANCE:g} balance "
+        "(sigmoid 0) is the frozen model. Use a non-frozen config for this checkpoint.")
+    out[rename.get(k, k)] = v
+  return out, notes
+
+
+# --- OpenAI CLIP image tower ------------------------------------------------------------------
+# The official recipe's extraction: the keys of ``visual.*`` without the prefix are exactly the
+# official UniFormerV2 backbone keys below; ``proj`` and ``ln_post`` are dropped.
+CLIP_STEM_KEYS = ("class_embedding", "positional_embedding", "conv1.weight", "ln_pre.weight",
+                  "ln_pre.bias")
+CLIP_BLOCK_KEYS = ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+                   "attn.out_proj.bias", "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight",
+                   "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight",
+                   "ln_2.bias")
+CLIP_VISUAL_IGNORED = ("proj", "ln_post.weight", "ln_post.bias")
+
+
+def clip_derived_keys(cfg: ModelConfig) -> list[str]:
+  """The official keys (no prefix) that a CLIP image tower initialises, in official order."""
+  keys = list(CLIP_STEM_KEYS)
+  for i in range(cfg.layers):
+    keys += [f"transformer.resblocks.{i}.{k}" for k in CLIP_BLOCK_KEYS]
+  return keys
+
+
+# Foreign ViT layouts -> OpenAI/official visual names. Rows: (regex on the source key with the
+# tower prefix removed, official template using the regex groups, transform name). Transforms:
+#   identity       the same tensor
+#   squeeze        drop leading length-1 axes (timm cls_token [1,1,C], pos_embed [1,L,C])
+#   pack_q/k/v     one third of a packed in_proj (concatenated q|k|v along dim 0, like torch MHA)
+HF_CLIP_VISION_RULES: tuple[tuple[str, str, str], ...] = (
+  (r"embeddings\.class_embedding", "class_embedding", "identity"),
+  (r"embeddings\.patch_embedding\.weight", "conv1.weight", "identity"),
+  (r"embeddings\.position_embedding\.weight", "positional_embedding", "identity"),
+  (r"pre_layrnorm\.(weight|bias)", r"ln_pre.\1", "identity"),
+  (r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_q"),
+  (r"encoder\.layers\.(\d+)\.self_attn\.k_proj\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_k"),
+  (r"encoder\.layers\.(\d+)\.self_attn\.v_proj\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_v"),
+  (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.out_proj.\2", "identity"),
+  (r"encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2",
+   "identity"),
+  (r"encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2",
+   "identity"),
+  (r"encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2",
+   "identity"),
+  (r"encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2",
+   "identity"),
+)
+# HF keys the video model has no use for (CLIP's head, text tower, non-persistent buffers).
+HF_CLIP_IGNORED = (r"post_layernorm\.(weight|bias)", r"embeddings\.position_ids")
+HF_CLIP_OUTSIDE_IGNORED = (r"text_model\..*", r"text_projection\.weight",
+                           r"visual_projection\.weight", r"logit_scale")
+
+# timm VisionTransformer with OpenAI-CLIP weights (``vit_base_patch16_clip_224.openai`` style:
+# pre_norm=True, so ``norm_pre`` exists and the patch embedding has no bias; class token is
+# added to the positional embedding; ``norm`` = CLIP ln_post, ``head`` = CLIP proj^T).
+TIMM_CLIP_RULES: tuple[tuple[str, str, str], ...] = (
+  (r"cls_token", "class_embedding", "squeeze"),
+  (r"pos_embed", "positional_embedding", "squeeze"),
+  (r"patch_embed\.proj\.weight", "conv1.weight", "identity"),
+  (r"norm_pre\.(weight|bias)", r"ln_pre.\1", "identity"),
+  (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2", "identity"),
+  (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj_\2",
+   "identity"),
+  (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"transformer.resblocks.\1.attn.out_proj.\2",
+   "identity"),
+  (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2", "identity"),
+  (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2",
+   "identity"),
+  (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2",
+   "identity"),
+)
+TIMM_CLIP_IGNORED = (r"norm\.(weight|bias)", r"fc_norm\.(weight|bias)", r"head\.(weight|bias)")
+# A patch-embedding bias is accepted (and dropped) only when it is exactly zero: the model
+# (like OpenAI CLIP) has none.
+TIMM_PATCH_BIAS = "patch_embed.proj.bias"
+
+
+def inflate_patch_kernel(w2d: np.ndarray, kt: int) -> np.ndarray:
+  """CLIP's 2-D patch kernel [C, 3, p, p] -> the video model's [C, 3, kt, p, p], official
+  "centre" inflation: zeros except time index kt // 2, which holds the 2-D kernel."""
+  w2d = np.asarray(w2d)
+  out = np.zeros(w2d.shape[:2] + (kt,) + w2d.shape[2:], w2d.dtype)
+  out[:, :, kt // 2] = w2d
+  return out
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys cubic convolution weights for the taps at offsets -1, 0, 1, 2 (``t`` in [0, 1))."""
+  d = np.stack([t + 1, t, 1 - t, 2 - t], axis=-1)  # distances to the four taps
+  near = ((a + 2) * d - (a + 3)) * d * d + 1
+  far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+  return np.where(d <= 1, near, far)
+
+
+def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """[n_out, n_in] matrix of 1-D bicubic resampling with half-pixel centres and edge clamping
+  (the convention of ``torch.nn.functional.interpolate(mode='bicubic', align_corners=False)``,
+  which timm / MMCV use to resize ViT position embeddings)."""
+  m = np.zeros((n_out, n_in), np.float64)
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  base = np.floor(src)
+  w = _cubic_weights(src - base, a)
+  for j in range(4):
+    idx = np.clip(base.astype(np.int64) - 1 + j, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), w[:, j])
+  return m
+
+
+def resize_positional_embedding(pe: np.ndarray, grid: int) -> np.ndarray:
+  """[1 + g^2, C] -> [1 + grid^2, C]: the class-token row is kept, the g x g patch grid is
+  resized by separable bicubic interpolation (``bicubic_matrix``), computed in float64."""
+  pe = np.asarray(pe)
+  n, c = pe.shape
+  g = int(round((n - 1) ** 0.5))
+  if g * g != n - 1:
+    raise CheckpointError(f"positional embedding with {n} rows is not 1 + a square grid")
+  if g == grid:
+    return pe
+  m = bicubic_matrix(g, grid)
+  patches = pe[1:].astype(np.float64).reshape(g, g, c)
+  patches = np.einsum("ij,jkc,lk->ilc", m, patches, m).reshape(grid * grid, c)
+  return np.concatenate([pe[:1].astype(np.float64), patches]).astype(pe.dtype)

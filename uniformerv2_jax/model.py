@@ -655,8 +655,9 @@ class UniFormerV2(nnx.Module):
 
   # -- forward ----------------------------------------------------------------------------
   def __call__(self, x: jax.Array, *, train: bool | None = None, key: jax.Array | None = None,
-               return_intermediates: bool = False):
-    """Logits ``[B, K]`` (and a dict of named intermediates when asked).
+               return_intermediates: bool = False, return_features: bool = False):
+    """Logits ``[B, K]``; with ``return_features`` also the fused pre-head vector ``[B, D]``;
+    with ``return_intermediates`` a dict of every named intermediate instead.
 
     ``train`` defaults to the module's mode (``model.train()`` / ``model.eval()``). In training,
     dropout and drop path draw from ``key`` (or the module's own ``rngs`` when ``key`` is None)
@@ -692,7 +693,9 @@ class UniFormerV2(nnx.Module):
     fused = self.fuse(q, last)
     inter["fused"] = fused
     logits = self.classify(fused, train=train, key=k_head)
-    return (logits, inter) if return_intermediates else logits
+    if return_intermediates:
+      return logits, inter
+    return (logits, fused) if return_features else logits
 
   def fuse(self, q: jax.Array, last: jax.Array) -> jax.Array:
     """Mix the video token with the frame-mean class token of the last block."""

@@ -28,295 +28,275 @@ IndicesFn = Callable[[int], np.ndarray]
 
 
 class ListFileError(ValueError):
-    """A list file that cannot be used; the message names the file and line."""
+  """A list file that cannot be used; the message names the file and line."""
 
 
 def _read_lines(list_file: str) -> list[str]:
-    if not os.path.isfile(list_file):
-        raise ListFileError(f"list file not found: {list_file}")
-    with open(list_file, encoding="utf-8") as f:
-        return f.read().splitlines()
+  if not os.path.isfile(list_file):
+    raise ListFileError(f"list file not found: {list_file}")
+  with open(list_file, encoding="utf-8") as f:
+    return f.read().splitlines()
 
 
-def _parse_label(
-    text: str, list_file: str, lineno: int, line: str, num_classes: int | None
-) -> int:
-    try:
-        label = int(text)
-    except ValueError:
-        raise ListFileError(
-            f"{list_file}:{lineno}: label {text!r} is not an integer in {line!r}"
-        ) from None
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        raise ListFileError(
-            f"{list_file}:{lineno}: label {label} outside [0, {num_classes}) in {line!r}"
-        )
-    return label
+def _parse_label(text: str, list_file: str, lineno: int, line: str, num_classes: int | None) -> int:
+  try:
+    label = int(text)
+  except ValueError:
+    raise ListFileError(
+      f"{list_file}:{lineno}: label {text!r} is not an integer in {line!r}"
+    ) from None
+  if label < 0 or (num_classes is not None and label >= num_classes):
+    raise ListFileError(
+      f"{list_file}:{lineno}: label {label} outside [0, {num_classes}) in {line!r}"
+    )
+  return label
 
 
 class VideoListSource:
-    """Official Kinetics-style list file: one ``relative/path.mp4<SEP>label`` per line.
+  """Official Kinetics-style list file: one ``relative/path.mp4<SEP>label`` per line.
 
-    The separator defaults to ',' (the recipes' ``PATH_LABEL_SEPARATOR``); a line without it
-    falls back to the last whitespace. Paths are joined to ``prefix`` (absolute paths stay).
-    Blank lines are skipped; anything else that does not parse raises :class:`ListFileError`.
-    """
+  The separator defaults to ',' (the recipes' ``PATH_LABEL_SEPARATOR``); a line without it
+  falls back to the last whitespace. Paths are joined to ``prefix`` (absolute paths stay).
+  Blank lines are skipped; anything else that does not parse raises :class:`ListFileError`.
+  """
 
-    def __init__(
-        self,
-        list_file: str,
-        prefix: str = "",
-        num_classes: int | None = None,
-        sep: str = ",",
-    ):
-        self.list_file = list_file
-        self.records: list[Record] = []
-        for lineno, raw in enumerate(_read_lines(list_file), start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            if sep and sep in line:
-                path, label_text = line.rsplit(sep, 1)
-            else:
-                parts = line.rsplit(None, 1)
-                if len(parts) != 2:
-                    raise ListFileError(
-                        f"{list_file}:{lineno}: expected 'path{sep}label', got {line!r}"
-                    )
-                path, label_text = parts
-            path = path.strip()
-            if not path:
-                raise ListFileError(f"{list_file}:{lineno}: empty path in {line!r}")
-            label = _parse_label(
-                label_text.strip(), list_file, lineno, line, num_classes
-            )
-            self.records.append(
-                {"kind": "video", "path": os.path.join(prefix, path), "label": label}
-            )
+  def __init__(
+    self,
+    list_file: str,
+    prefix: str = "",
+    num_classes: int | None = None,
+    sep: str = ",",
+  ):
+    self.list_file = list_file
+    self.records: list[Record] = []
+    for lineno, raw in enumerate(_read_lines(list_file), start=1):
+      line = raw.strip()
+      if not line:
+        continue
+      if sep and sep in line:
+        path, label_text = line.rsplit(sep, 1)
+      else:
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+          raise ListFileError(f"{list_file}:{lineno}: expected 'path{sep}label', got {line!r}")
+        path, label_text = parts
+      path = path.strip()
+      if not path:
+        raise ListFileError(f"{list_file}:{lineno}: empty path in {line!r}")
+      label = _parse_label(label_text.strip(), list_file, lineno, line, num_classes)
+      self.records.append({"kind": "video", "path": os.path.join(prefix, path), "label": label})
 
-    def __len__(self) -> int:
-        return len(self.records)
+  def __len__(self) -> int:
+    return len(self.records)
 
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
+  def __getitem__(self, index: int) -> Record:
+    return self.records[index]
 
 
 class FrameFolderListSource:
-    """SSv2-style label file: ``folder num_frames label`` per line, frames ``folder/template``.
+  """SSv2-style label file: ``folder num_frames label`` per line, frames ``folder/template``.
 
-    ``num_frames`` is the sampling length L (the official loader trusts the file, not the disk).
-    Frame files are 1-based (``img_00001.jpg`` first), hence ``index_base`` 1. ``bgr`` defaults
-    to True because the official SSv2 loader decodes with OpenCV and feeds BGR to the model.
-    """
+  ``num_frames`` is the sampling length L (the official loader trusts the file, not the disk).
+  Frame files are 1-based (``img_00001.jpg`` first), hence ``index_base`` 1. ``bgr`` defaults
+  to True because the official SSv2 loader decodes with OpenCV and feeds BGR to the model.
+  """
 
-    def __init__(
-        self,
-        list_file: str,
-        prefix: str = "",
-        num_classes: int | None = None,
-        template: str = "img_{:05d}.jpg",
-        bgr: bool = True,
-        index_base: int = 1,
-    ):
-        self.list_file = list_file
-        self.records: list[Record] = []
-        for lineno, raw in enumerate(_read_lines(list_file), start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 3:
-                raise ListFileError(
-                    f"{list_file}:{lineno}: expected 'folder num_frames label', got {line!r}"
-                )
-            folder, n_text, label_text = parts
-            try:
-                n = int(n_text)
-            except ValueError:
-                raise ListFileError(
-                    f"{list_file}:{lineno}: frame count {n_text!r} is not an integer"
-                ) from None
-            if n < 1:
-                raise ListFileError(f"{list_file}:{lineno}: frame count {n} < 1")
-            label = _parse_label(label_text, list_file, lineno, line, num_classes)
-            self.records.append(
-                {
-                    "kind": "frames",
-                    "path": os.path.join(prefix, folder),
-                    "num_frames": n,
-                    "label": label,
-                    "template": template,
-                    "bgr": bgr,
-                    "index_base": index_base,
-                }
-            )
+  def __init__(
+    self,
+    list_file: str,
+    prefix: str = "",
+    num_classes: int | None = None,
+    template: str = "img_{:05d}.jpg",
+    bgr: bool = True,
+    index_base: int = 1,
+  ):
+    self.list_file = list_file
+    self.records: list[Record] = []
+    for lineno, raw in enumerate(_read_lines(list_file), start=1):
+      line = raw.strip()
+      if not line:
+        continue
+      parts = line.split()
+      if len(parts) != 3:
+        raise ListFileError(
+          f"{list_file}:{lineno}: expected 'folder num_frames label', got {line!r}"
+        )
+      folder, n_text, label_text = parts
+      try:
+        n = int(n_text)
+      except ValueError:
+        raise ListFileError(
+          f"{list_file}:{lineno}: frame count {n_text!r} is not an integer"
+        ) from None
+      if n < 1:
+        raise ListFileError(f"{list_file}:{lineno}: frame count {n} < 1")
+      label = _parse_label(label_text, list_file, lineno, line, num_classes)
+      self.records.append(
+        {
+          "kind": "frames",
+          "path": os.path.join(prefix, folder),
+          "num_frames": n,
+          "label": label,
+          "template": template,
+          "bgr": bgr,
+          "index_base": index_base,
+        }
+      )
 
-    def __len__(self) -> int:
-        return len(self.records)
+  def __len__(self) -> int:
+    return len(self.records)
 
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
+  def __getitem__(self, index: int) -> Record:
+    return self.records[index]
 
 
 class TfdsSource:
-    """A TFDS dataset read with ``tfds.data_source`` (random access, no TensorFlow graph).
+  """A TFDS dataset read with ``tfds.data_source`` (random access, no TensorFlow graph).
 
-    ``data_source`` may be given directly (anything with ``__len__``/``__getitem__`` returning
-    feature dicts), which is how tests run without TFDS. The video feature may be decoded frames
-    ``[T, H, W, 3]`` or encoded video bytes.
-    """
+  ``data_source`` may be given directly (anything with ``__len__``/``__getitem__`` returning
+  feature dicts), which is how tests run without TFDS. The video feature may be decoded frames
+  ``[T, H, W, 3]`` or encoded video bytes.
+  """
 
-    def __init__(
-        self,
-        name: str | None = None,
-        split: str = "train",
-        data_dir: str | None = None,
-        video_key: str = "video",
-        label_key: str = "label",
-        data_source: Any = None,
-    ):
-        if data_source is None:
-            if name is None:
-                raise ValueError("TfdsSource needs a dataset name or a data_source")
-            try:
-                import tensorflow_datasets as tfds
-            except ImportError as e:
-                raise ImportError(
-                    "TfdsSource needs tensorflow_datasets: pip install tensorflow-datasets"
-                ) from e
-            data_source = tfds.data_source(name, split=split, data_dir=data_dir)
-        self.data_source = data_source
-        self.name = name or type(data_source).__name__
-        self.video_key, self.label_key = video_key, label_key
+  def __init__(
+    self,
+    name: str | None = None,
+    split: str = "train",
+    data_dir: str | None = None,
+    video_key: str = "video",
+    label_key: str = "label",
+    data_source: Any = None,
+  ):
+    if data_source is None:
+      if name is None:
+        raise ValueError("TfdsSource needs a dataset name or a data_source")
+      try:
+        import tensorflow_datasets as tfds
+      except ImportError as e:
+        raise ImportError(
+          "TfdsSource needs tensorflow_datasets: pip install tensorflow-datasets"
+        ) from e
+      data_source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.data_source = data_source
+    self.name = name or type(data_source).__name__
+    self.video_key, self.label_key = video_key, label_key
 
-    def __len__(self) -> int:
-        return len(self.data_source)
+  def __len__(self) -> int:
+    return len(self.data_source)
 
-    def __getitem__(self, index: int) -> Record:
-        ex = self.data_source[index]
-        vid = ex[self.video_key]
-        label = int(np.asarray(ex[self.label_key]))
-        path = f"{self.name}[{index}]"
-        if isinstance(vid, (bytes, bytearray, np.bytes_)):
-            return {"kind": "encoded", "data": bytes(vid), "label": label, "path": path}
-        return {
-            "kind": "array",
-            "frames": np.asarray(vid),
-            "label": label,
-            "path": path,
-        }
+  def __getitem__(self, index: int) -> Record:
+    ex = self.data_source[index]
+    vid = ex[self.video_key]
+    label = int(np.asarray(ex[self.label_key]))
+    path = f"{self.name}[{index}]"
+    if isinstance(vid, (bytes, bytearray, np.bytes_)):
+      return {"kind": "encoded", "data": bytes(vid), "label": label, "path": path}
+    return {
+      "kind": "array",
+      "frames": np.asarray(vid),
+      "label": label,
+      "path": path,
+    }
 
 
 # ----------------------------------------------------------------------------- ArrayRecord
 def encode_record(rec: Record) -> bytes:
-    """Serialise a project ArrayRecord entry (msgpack; no pickle so shards are safe to read)."""
-    return msgpack.packb(rec, use_bin_type=True)
+  """Serialise a project ArrayRecord entry (msgpack; no pickle so shards are safe to read)."""
+  return msgpack.packb(rec, use_bin_type=True)
 
 
 def decode_record(data: bytes) -> Record:
-    return msgpack.unpackb(data, raw=False)
+  return msgpack.unpackb(data, raw=False)
 
 
 class ArrayRecordSource:
-    """Shards written by :mod:`uniformerv2_jax.data.prepare` (``*.array_record``)."""
+  """Shards written by :mod:`uniformerv2_jax.data.prepare` (``*.array_record``)."""
 
-    def __init__(self, paths: str | Sequence[str]):
-        import grain
+  def __init__(self, paths: str | Sequence[str]):
+    import grain
 
-        if isinstance(paths, str):
-            paths = (
-                sorted(
-                    os.path.join(paths, p)
-                    for p in os.listdir(paths)
-                    if p.endswith(".array_record")
-                )
-                if os.path.isdir(paths)
-                else [paths]
-            )
-        if not paths:
-            raise FileNotFoundError("no .array_record shards given")
-        self.paths = list(paths)
-        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    if isinstance(paths, str):
+      paths = (
+        sorted(os.path.join(paths, p) for p in os.listdir(paths) if p.endswith(".array_record"))
+        if os.path.isdir(paths)
+        else [paths]
+      )
+    if not paths:
+      raise FileNotFoundError("no .array_record shards given")
+    self.paths = list(paths)
+    self._source = grain.sources.ArrayRecordDataSource(self.paths)
 
-    def __len__(self) -> int:
-        return len(self._source)
+  def __len__(self) -> int:
+    return len(self._source)
 
-    def __getitem__(self, index: int) -> Record:
-        rec = decode_record(self._source[index])
-        if rec["format"] == "mp4":
-            return {
-                "kind": "encoded",
-                "data": rec["video"],
-                "label": rec["label"],
-                "path": rec["path"],
-            }
-        return {
-            "kind": "jpegs",
-            "frames": rec["frames"],
-            "label": rec["label"],
-            "path": rec["path"],
-            "bgr": False,
-        }
+  def __getitem__(self, index: int) -> Record:
+    rec = decode_record(self._source[index])
+    if rec["format"] == "mp4":
+      return {
+        "kind": "encoded",
+        "data": rec["video"],
+        "label": rec["label"],
+        "path": rec["path"],
+      }
+    return {
+      "kind": "jpegs",
+      "frames": rec["frames"],
+      "label": rec["label"],
+      "path": rec["path"],
+      "bgr": False,
+    }
 
 
 # ----------------------------------------------------------------------------- reading frames
 def read_clip(
-    record: Record,
-    indices_for_length: IndicesFn,
-    *,
-    max_pixels: int = video_lib.DEFAULT_MAX_PIXELS,
-    seek_threshold: int | None = None,
+  record: Record,
+  indices_for_length: IndicesFn,
+  *,
+  max_pixels: int = video_lib.DEFAULT_MAX_PIXELS,
+  seek_threshold: int | None = None,
 ) -> Clip:
-    """Decode the frames ``indices_for_length(L)`` (0-based positions) of any record kind."""
-    kind = record["kind"]
-    path = record.get("path", "<record>")
-    if kind == "video":
-        return video_lib.read_video(
-            record["path"],
-            indices_for_length,
-            max_pixels=max_pixels,
-            seek_threshold=seek_threshold,
-        )
-    if kind == "encoded":
-        return video_lib.read_video(
-            record["data"],
-            indices_for_length,
-            label=path,
-            max_pixels=max_pixels,
-            seek_threshold=seek_threshold,
-        )
-    if kind == "frames":
-        length = int(record["num_frames"])
-        idx = np.asarray(indices_for_length(length), np.int64)
-        frames = video_lib.read_frame_folder(
-            record["path"],
-            idx + int(record.get("index_base", 1)),
-            record.get("template", "img_{:05d}.jpg"),
-            bgr=bool(record.get("bgr", False)),
-            max_pixels=max_pixels,
-        )
-        return Clip(frames=frames, indices=idx, num_frames=length)
-    if kind == "jpegs":
-        jpegs = record["frames"]
-        if not jpegs:
-            raise DecodeError("no_frames", path)
-        idx = np.minimum(
-            np.asarray(indices_for_length(len(jpegs)), np.int64), len(jpegs) - 1
-        )
-        frames = video_lib.decode_jpeg_frames(
-            jpegs, idx, bgr=bool(record.get("bgr")), label=path
-        )
-        return Clip(frames=frames, indices=idx, num_frames=len(jpegs))
-    if kind == "array":
-        arr = record["frames"]
-        if arr.ndim != 4 or arr.shape[0] == 0:
-            raise DecodeError("no_frames", path, f"frames of shape {arr.shape}")
-        if arr.shape[1] * arr.shape[2] > max_pixels:
-            raise DecodeError("too_large", path)
-        idx = np.minimum(
-            np.asarray(indices_for_length(len(arr)), np.int64), len(arr) - 1
-        )
-        return Clip(
-            frames=np.asarray(arr[idx], np.uint8), indices=idx, num_frames=len(arr)
-        )
-    raise ValueError(f"unknown record kind {kind!r}")
+  """Decode the frames ``indices_for_length(L)`` (0-based positions) of any record kind."""
+  kind = record["kind"]
+  path = record.get("path", "<record>")
+  if kind == "video":
+    return video_lib.read_video(
+      record["path"],
+      indices_for_length,
+      max_pixels=max_pixels,
+      seek_threshold=seek_threshold,
+    )
+  if kind == "encoded":
+    return video_lib.read_video(
+      record["data"],
+      indices_for_length,
+      label=path,
+      max_pixels=max_pixels,
+      seek_threshold=seek_threshold,
+    )
+  if kind == "frames":
+    length = int(record["num_frames"])
+    idx = np.asarray(indices_for_length(length), np.int64)
+    frames = video_lib.read_frame_folder(
+      record["path"],
+      idx + int(record.get("index_base", 1)),
+      record.get("template", "img_{:05d}.jpg"),
+      bgr=bool(record.get("bgr", False)),
+      max_pixels=max_pixels,
+    )
+    return Clip(frames=frames, indices=idx, num_frames=length)
+  if kind == "jpegs":
+    jpegs = record["frames"]
+    if not jpegs:
+      raise DecodeError("no_frames", path)
+    idx = np.minimum(np.asarray(indices_for_length(len(jpegs)), np.int64), len(jpegs) - 1)
+    frames = video_lib.decode_jpeg_frames(jpegs, idx, bgr=bool(record.get("bgr")), label=path)
+    return Clip(frames=frames, indices=idx, num_frames=len(jpegs))
+  if kind == "array":
+    arr = record["frames"]
+    if arr.ndim != 4 or arr.shape[0] == 0:
+      raise DecodeError("no_frames", path, f"frames of shape {arr.shape}")
+    if arr.shape[1] * arr.shape[2] > max_pixels:
+      raise DecodeError("too_large", path)
+    idx = np.minimum(np.asarray(indices_for_length(len(arr)), np.int64), len(arr) - 1)
+    return Clip(frames=np.asarray(arr[idx], np.uint8), indices=idx, num_frames=len(arr))
+  raise ValueError(f"unknown record kind {kind!r}")

@@ -20,471 +20,443 @@ from PIL import Image, ImageEnhance, ImageOps
 # ----------------------------------------------------------------------------- RandAugment
 # timm's "increasing" RandAugment pool (_RAND_INCREASING_TRANSFORMS), in timm's order.
 RAND_INCREASING_OPS: tuple[str, ...] = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "PosterizeIncreasing",
-    "SolarizeIncreasing",
-    "SolarizeAdd",
-    "ColorIncreasing",
-    "ContrastIncreasing",
-    "BrightnessIncreasing",
-    "SharpnessIncreasing",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
+  "AutoContrast",
+  "Equalize",
+  "Invert",
+  "Rotate",
+  "PosterizeIncreasing",
+  "SolarizeIncreasing",
+  "SolarizeAdd",
+  "ColorIncreasing",
+  "ContrastIncreasing",
+  "BrightnessIncreasing",
+  "SharpnessIncreasing",
+  "ShearX",
+  "ShearY",
+  "TranslateXRel",
+  "TranslateYRel",
 )
 _MAX_LEVEL = 10.0
 _FILL = (128, 128, 128)
 _RESAMPLE = Image.Resampling.BICUBIC
 _SIGNED = {
-    "Rotate",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
-    "ColorIncreasing",
-    "ContrastIncreasing",
-    "BrightnessIncreasing",
-    "SharpnessIncreasing",
+  "Rotate",
+  "ShearX",
+  "ShearY",
+  "TranslateXRel",
+  "TranslateYRel",
+  "ColorIncreasing",
+  "ContrastIncreasing",
+  "BrightnessIncreasing",
+  "SharpnessIncreasing",
 }
 
 
 @dataclass(frozen=True)
 class RandAugmentConfig:
-    """Parsed timm RandAugment string, e.g. ``rand-m7-n4-mstd0.5-inc1``."""
+  """Parsed timm RandAugment string, e.g. ``rand-m7-n4-mstd0.5-inc1``."""
 
-    magnitude: float = 7.0
-    num_layers: int = 4
-    magnitude_std: float = 0.5
-    magnitude_max: float = 10.0
-    prob: float = 0.5
-    translate_pct: float = 0.45
+  magnitude: float = 7.0
+  num_layers: int = 4
+  magnitude_std: float = 0.5
+  magnitude_max: float = 10.0
+  prob: float = 0.5
+  translate_pct: float = 0.45
 
-    @classmethod
-    def parse(cls, spec: str) -> RandAugmentConfig:
-        parts = spec.split("-")
-        if parts[0] != "rand":
-            raise ValueError(f"not a RandAugment spec: {spec!r}")
-        kw: dict = {}
-        for part in parts[1:]:
-            m = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
-            if not m:
-                raise ValueError(f"bad RandAugment field {part!r} in {spec!r}")
-            key, val = m.groups()
-            if key == "m":
-                kw["magnitude"] = float(val)
-            elif key == "n":
-                kw["num_layers"] = int(val)
-            elif key == "mstd":
-                kw["magnitude_std"] = float(val)
-            elif key == "mmax":
-                kw["magnitude_max"] = float(val)
-            elif key == "p":
-                kw["prob"] = float(val)
-            elif key == "inc":
-                if not int(float(val)):
-                    # The official code tests bool(string), so inc0 still picks this pool; we
-                    # only implement the increasing pool and refuse the ambiguous spelling.
-                    raise ValueError(
-                        "only the 'increasing' op pool (inc1) is implemented"
-                    )
-            else:
-                raise ValueError(f"unsupported RandAugment field {part!r}")
-        return cls(**kw)
+  @classmethod
+  def parse(cls, spec: str) -> RandAugmentConfig:
+    parts = spec.split("-")
+    if parts[0] != "rand":
+      raise ValueError(f"not a RandAugment spec: {spec!r}")
+    kw: dict = {}
+    for part in parts[1:]:
+      m = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
+      if not m:
+        raise ValueError(f"bad RandAugment field {part!r} in {spec!r}")
+      key, val = m.groups()
+      if key == "m":
+        kw["magnitude"] = float(val)
+      elif key == "n":
+        kw["num_layers"] = int(val)
+      elif key == "mstd":
+        kw["magnitude_std"] = float(val)
+      elif key == "mmax":
+        kw["magnitude_max"] = float(val)
+      elif key == "p":
+        kw["prob"] = float(val)
+      elif key == "inc":
+        if not int(float(val)):
+          # The official code tests bool(string), so inc0 still picks this pool; we
+          # only implement the increasing pool and refuse the ambiguous spelling.
+          raise ValueError("only the 'increasing' op pool (inc1) is implemented")
+      else:
+        raise ValueError(f"unsupported RandAugment field {part!r}")
+    return cls(**kw)
 
 
 RandAugmentOps = list[tuple[str, float]]  # (op name, argument) per applied op
 
 
-def sample_rand_augment(
-    rng: np.random.Generator, cfg: RandAugmentConfig
-) -> RandAugmentOps:
-    """Draw one clip's ops: n ops with replacement, each kept with p, magnitude ~ N(m, std)."""
-    ops: RandAugmentOps = []
-    for _ in range(cfg.num_layers):
-        name = RAND_INCREASING_OPS[int(rng.integers(len(RAND_INCREASING_OPS)))]
-        apply = rng.random() <= cfg.prob  # timm skips when random() > prob
-        mag = float(
-            np.clip(
-                rng.normal(cfg.magnitude, cfg.magnitude_std), 0.0, cfg.magnitude_max
-            )
-        )
-        negate = rng.random() > 0.5
-        if apply:
-            ops.append((name, _level_to_arg(name, mag, negate, cfg)))
-    return ops
+def sample_rand_augment(rng: np.random.Generator, cfg: RandAugmentConfig) -> RandAugmentOps:
+  """Draw one clip's ops: n ops with replacement, each kept with p, magnitude ~ N(m, std)."""
+  ops: RandAugmentOps = []
+  for _ in range(cfg.num_layers):
+    name = RAND_INCREASING_OPS[int(rng.integers(len(RAND_INCREASING_OPS)))]
+    apply = rng.random() <= cfg.prob  # timm skips when random() > prob
+    mag = float(np.clip(rng.normal(cfg.magnitude, cfg.magnitude_std), 0.0, cfg.magnitude_max))
+    negate = rng.random() > 0.5
+    if apply:
+      ops.append((name, _level_to_arg(name, mag, negate, cfg)))
+  return ops
 
 
 def _level_to_arg(name: str, m: float, negate: bool, cfg: RandAugmentConfig) -> float:
-    level = m / _MAX_LEVEL
-    if name == "Rotate":
-        arg = level * 30.0
-    elif name in ("ShearX", "ShearY"):
-        arg = level * 0.3
-    elif name in ("TranslateXRel", "TranslateYRel"):
-        arg = level * cfg.translate_pct
-    elif name.endswith("Increasing") and name[:-10] in (
-        "Color",
-        "Contrast",
-        "Brightness",
-        "Sharpness",
-    ):
-        arg = level * 0.9
-    elif name == "PosterizeIncreasing":
-        return float(4 - int(level * 4))
-    elif name == "SolarizeIncreasing":
-        return float(256 - int(level * 256))
-    elif name == "SolarizeAdd":
-        return float(int(level * 110))
-    else:  # AutoContrast, Equalize, Invert take no argument
-        return 0.0
-    if name in _SIGNED and negate:
-        arg = -arg
-    if name.endswith("Increasing") and name != "PosterizeIncreasing":
-        arg = max(0.1, 1.0 + arg)  # enhance factor around 1 (timm keeps it >= 0.1)
-    return arg
+  level = m / _MAX_LEVEL
+  if name == "Rotate":
+    arg = level * 30.0
+  elif name in ("ShearX", "ShearY"):
+    arg = level * 0.3
+  elif name in ("TranslateXRel", "TranslateYRel"):
+    arg = level * cfg.translate_pct
+  elif name.endswith("Increasing") and name[:-10] in (
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+  ):
+    arg = level * 0.9
+  elif name == "PosterizeIncreasing":
+    return float(4 - int(level * 4))
+  elif name == "SolarizeIncreasing":
+    return float(256 - int(level * 256))
+  elif name == "SolarizeAdd":
+    return float(int(level * 110))
+  else:  # AutoContrast, Equalize, Invert take no argument
+    return 0.0
+  if name in _SIGNED and negate:
+    arg = -arg
+  if name.endswith("Increasing") and name != "PosterizeIncreasing":
+    arg = max(0.1, 1.0 + arg)  # enhance factor around 1 (timm keeps it >= 0.1)
+  return arg
 
 
 _ENHANCERS = {
-    "ColorIncreasing": ImageEnhance.Color,
-    "ContrastIncreasing": ImageEnhance.Contrast,
-    "BrightnessIncreasing": ImageEnhance.Brightness,
-    "SharpnessIncreasing": ImageEnhance.Sharpness,
+  "ColorIncreasing": ImageEnhance.Color,
+  "ContrastIncreasing": ImageEnhance.Contrast,
+  "BrightnessIncreasing": ImageEnhance.Brightness,
+  "SharpnessIncreasing": ImageEnhance.Sharpness,
 }
 
 
 def _apply_op(img: Image.Image, name: str, arg: float) -> Image.Image:
-    if name == "AutoContrast":
-        return ImageOps.autocontrast(img)
-    if name == "Equalize":
-        return ImageOps.equalize(img)
-    if name == "Invert":
-        return ImageOps.invert(img)
-    if name == "Rotate":
-        return img.rotate(arg, resample=_RESAMPLE, fillcolor=_FILL)
-    if name == "PosterizeIncreasing":
-        bits = int(arg)
-        return img if bits >= 8 else ImageOps.posterize(img, bits)
-    if name == "SolarizeIncreasing":
-        return ImageOps.solarize(img, int(arg))
-    if name == "SolarizeAdd":
-        add = int(arg)
-        lut = [min(255, i + add) if i < 128 else i for i in range(256)]
-        return img.point(lut * len(img.getbands()))
-    if name in _ENHANCERS:
-        return _ENHANCERS[name](img).enhance(arg)
-    w, h = img.size
-    if name == "ShearX":
-        coeffs = (1, arg, 0, 0, 1, 0)
-    elif name == "ShearY":
-        coeffs = (1, 0, 0, arg, 1, 0)
-    elif name == "TranslateXRel":
-        coeffs = (1, 0, arg * w, 0, 1, 0)
-    elif name == "TranslateYRel":
-        coeffs = (1, 0, 0, 0, 1, arg * h)
-    else:
-        raise ValueError(f"unknown RandAugment op {name!r}")
-    return img.transform(
-        img.size, Image.Transform.AFFINE, coeffs, resample=_RESAMPLE, fillcolor=_FILL
-    )
+  if name == "AutoContrast":
+    return ImageOps.autocontrast(img)
+  if name == "Equalize":
+    return ImageOps.equalize(img)
+  if name == "Invert":
+    return ImageOps.invert(img)
+  if name == "Rotate":
+    return img.rotate(arg, resample=_RESAMPLE, fillcolor=_FILL)
+  if name == "PosterizeIncreasing":
+    bits = int(arg)
+    return img if bits >= 8 else ImageOps.posterize(img, bits)
+  if name == "SolarizeIncreasing":
+    return ImageOps.solarize(img, int(arg))
+  if name == "SolarizeAdd":
+    add = int(arg)
+    lut = [min(255, i + add) if i < 128 else i for i in range(256)]
+    return img.point(lut * len(img.getbands()))
+  if name in _ENHANCERS:
+    return _ENHANCERS[name](img).enhance(arg)
+  w, h = img.size
+  if name == "ShearX":
+    coeffs = (1, arg, 0, 0, 1, 0)
+  elif name == "ShearY":
+    coeffs = (1, 0, 0, arg, 1, 0)
+  elif name == "TranslateXRel":
+    coeffs = (1, 0, arg * w, 0, 1, 0)
+  elif name == "TranslateYRel":
+    coeffs = (1, 0, 0, 0, 1, arg * h)
+  else:
+    raise ValueError(f"unknown RandAugment op {name!r}")
+  return img.transform(
+    img.size, Image.Transform.AFFINE, coeffs, resample=_RESAMPLE, fillcolor=_FILL
+  )
 
 
 def apply_rand_augment(frames: np.ndarray, ops: RandAugmentOps) -> np.ndarray:
-    """Apply the same ops (same magnitudes and signs) to every uint8 frame."""
-    if not ops:
-        return frames
-    out = np.empty_like(frames)
-    for t, frame in enumerate(frames):
-        img = Image.fromarray(frame)
-        for name, arg in ops:
-            img = _apply_op(img, name, arg)
-        out[t] = np.asarray(img)
-    return out
+  """Apply the same ops (same magnitudes and signs) to every uint8 frame."""
+  if not ops:
+    return frames
+  out = np.empty_like(frames)
+  for t, frame in enumerate(frames):
+    img = Image.fromarray(frame)
+    for name, arg in ops:
+      img = _apply_op(img, name, arg)
+    out[t] = np.asarray(img)
+  return out
 
 
 # ----------------------------------------------------------------------------- resizing
-def _axis_weights(
-    in_size: int, out_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """torch bilinear, align_corners=False, no antialias: source index pairs and weights.
+def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """torch bilinear, align_corners=False, no antialias: source index pairs and weights.
 
-    src = (dst + 0.5) * in/out - 0.5 clamped below at 0 (float32 like torch's CPU kernel);
-    i1 = i0 + 1 except at the last source pixel.
-    """
-    scale = np.float32(in_size) / np.float32(out_size)
-    dst = np.arange(out_size, dtype=np.float32)
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = (src - i0.astype(np.float32)).astype(np.float32)
-    return i0, i1, w1
+  src = (dst + 0.5) * in/out - 0.5 clamped below at 0 (float32 like torch's CPU kernel);
+  i1 = i0 + 1 except at the last source pixel.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+  i0 = np.minimum(src.astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  w1 = (src - i0.astype(np.float32)).astype(np.float32)
+  return i0, i1, w1
 
 
 def resize_bilinear(
-    frames: np.ndarray,
-    out_h: int,
-    out_w: int,
-    rows: slice = slice(None),
-    cols: slice = slice(None),
+  frames: np.ndarray,
+  out_h: int,
+  out_w: int,
+  rows: slice = slice(None),
+  cols: slice = slice(None),
 ) -> np.ndarray:
-    """Bilinear resize of ``[T, H, W, C]`` to ``[T, out_h, out_w, C]`` float32 (torch semantics).
+  """Bilinear resize of ``[T, H, W, C]`` to ``[T, out_h, out_w, C]`` float32 (torch semantics).
 
-    ``rows``/``cols`` select a window of the output; only that window is computed, which is how
-    eval crops avoid resizing pixels they drop. Same-size axes are passed through untouched.
-    """
-    _t, h, w, _c = frames.shape
-    x = frames
-    if out_h != h or x.dtype != np.float32:
-        if out_h == h:
-            x = x[:, rows].astype(np.float32)
-        else:
-            r0, r1, rw = (a[rows] for a in _axis_weights(h, out_h))
-            a = x[:, r0].astype(np.float32)
-            b = x[:, r1].astype(np.float32)
-            x = a + (b - a) * rw[None, :, None, None]
+  ``rows``/``cols`` select a window of the output; only that window is computed, which is how
+  eval crops avoid resizing pixels they drop. Same-size axes are passed through untouched.
+  """
+  _t, h, w, _c = frames.shape
+  x = frames
+  if out_h != h or x.dtype != np.float32:
+    if out_h == h:
+      x = x[:, rows].astype(np.float32)
     else:
-        x = x[:, rows]
-    if out_w != w:
-        c0, c1, cw = (a[cols] for a in _axis_weights(w, out_w))
-        a = x[:, :, c0]
-        b = x[:, :, c1]
-        x = a + (b - a) * cw[None, None, :, None]
-    else:
-        x = x[:, :, cols]
-    return np.ascontiguousarray(x, dtype=np.float32)
+      r0, r1, rw = (a[rows] for a in _axis_weights(h, out_h))
+      a = x[:, r0].astype(np.float32)
+      b = x[:, r1].astype(np.float32)
+      x = a + (b - a) * rw[None, :, None, None]
+  else:
+    x = x[:, rows]
+  if out_w != w:
+    c0, c1, cw = (a[cols] for a in _axis_weights(w, out_w))
+    a = x[:, :, c0]
+    b = x[:, :, c1]
+    x = a + (b - a) * cw[None, None, :, None]
+  else:
+    x = x[:, :, cols]
+  return np.ascontiguousarray(x, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- RandomResizedCrop
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
 
-def rrc_fallback(
-    height: int, width: int, ratio: tuple[float, float] = (0.75, 1.3333)
-) -> Box:
-    """The centred box used after all attempts fail, clamped to the aspect range."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w = width
-        h = round(w / min(ratio))
-    elif in_ratio > max(ratio):
-        h = height
-        w = round(h * max(ratio))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+def rrc_fallback(height: int, width: int, ratio: tuple[float, float] = (0.75, 1.3333)) -> Box:
+  """The centred box used after all attempts fail, clamped to the aspect range."""
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w = width
+    h = round(w / min(ratio))
+  elif in_ratio > max(ratio):
+    h = height
+    w = round(h * max(ratio))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
 
 
 def rrc_params(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (0.75, 1.3333),
-    attempts: int = 10,
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (0.75, 1.3333),
+  attempts: int = 10,
 ) -> Box:
-    """One RandomResizedCrop box (official ``_get_param_spatial_crop`` with log-uniform ratio)."""
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(attempts):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h, endpoint=True))
-            left = int(rng.integers(0, width - w, endpoint=True))
-            return top, left, h, w
-    return rrc_fallback(height, width, ratio)
+  """One RandomResizedCrop box (official ``_get_param_spatial_crop`` with log-uniform ratio)."""
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(attempts):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = round(math.sqrt(target * aspect))
+    h = round(math.sqrt(target / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h, endpoint=True))
+      left = int(rng.integers(0, width - w, endpoint=True))
+      return top, left, h, w
+  return rrc_fallback(height, width, ratio)
 
 
 def crop_resize(frames: np.ndarray, box: Box, size: int) -> np.ndarray:
-    top, left, h, w = box
-    return resize_bilinear(frames[:, top : top + h, left : left + w], size, size)
+  top, left, h, w = box
+  return resize_bilinear(frames[:, top : top + h, left : left + w], size, size)
 
 
 # ----------------------------------------------------------------------------- eval geometry
 def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Official test resize: short side -> size, long side floor((long / short) * size) in float.
+  """Official test resize: short side -> size, long side floor((long / short) * size) in float.
 
-    The float evaluation order matters: (210, 915) -> 975, one less than the exact 976.
-    """
-    if min(height, width) == size:
-        return height, width
-    if width < height:
-        return math.floor((float(height) / width) * size), size
-    return size, math.floor((float(width) / height) * size)
+  The float evaluation order matters: (210, 915) -> 975, one less than the exact 976.
+  """
+  if min(height, width) == size:
+    return height, width
+  if width < height:
+    return math.floor((float(height) / width) * size), size
+  return size, math.floor((float(width) / height) * size)
 
 
-def uniform_crop_box(
-    height: int, width: int, size: int, spatial_index: int
-) -> tuple[int, int]:
-    """(y0, x0) of crop ``spatial_index`` (0 left/top, 1 centre, 2 right/bottom), centre rounds up."""
-    if spatial_index not in (0, 1, 2):
-        raise ValueError(f"spatial_index must be 0, 1 or 2, got {spatial_index}")
-    y0 = math.ceil((height - size) / 2)
-    x0 = math.ceil((width - size) / 2)
-    if height > width:
-        y0 = 0 if spatial_index == 0 else (height - size if spatial_index == 2 else y0)
-    else:
-        x0 = 0 if spatial_index == 0 else (width - size if spatial_index == 2 else x0)
-    return y0, x0
+def uniform_crop_box(height: int, width: int, size: int, spatial_index: int) -> tuple[int, int]:
+  """(y0, x0) of crop ``spatial_index`` (0 left/top, 1 centre, 2 right/bottom), centre rounds up."""
+  if spatial_index not in (0, 1, 2):
+    raise ValueError(f"spatial_index must be 0, 1 or 2, got {spatial_index}")
+  y0 = math.ceil((height - size) / 2)
+  x0 = math.ceil((width - size) / 2)
+  if height > width:
+    y0 = 0 if spatial_index == 0 else (height - size if spatial_index == 2 else y0)
+  else:
+    x0 = 0 if spatial_index == 0 else (width - size if spatial_index == 2 else x0)
+  return y0, x0
 
 
 def eval_resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """Short-side resize to ``size`` as float32 (no interpolation when already ``size``)."""
-    h, w = short_side_size(frames.shape[1], frames.shape[2], size)
-    return resize_bilinear(frames, h, w)
+  """Short-side resize to ``size`` as float32 (no interpolation when already ``size``)."""
+  h, w = short_side_size(frames.shape[1], frames.shape[2], size)
+  return resize_bilinear(frames, h, w)
 
 
 def eval_crop(frames: np.ndarray, size: int, spatial_index: int) -> np.ndarray:
-    """Resize + crop ``spatial_index`` as float32 ``[T, size, size, C]``; computes only the crop."""
-    h, w = short_side_size(frames.shape[1], frames.shape[2], size)
-    y0, x0 = uniform_crop_box(h, w, size, spatial_index)
-    return resize_bilinear(
-        frames, h, w, rows=slice(y0, y0 + size), cols=slice(x0, x0 + size)
-    )
+  """Resize + crop ``spatial_index`` as float32 ``[T, size, size, C]``; computes only the crop."""
+  h, w = short_side_size(frames.shape[1], frames.shape[2], size)
+  y0, x0 = uniform_crop_box(h, w, size, spatial_index)
+  return resize_bilinear(frames, h, w, rows=slice(y0, y0 + size), cols=slice(x0, x0 + size))
 
 
 # ----------------------------------------------------------------------------- normalisation
 def finalize(
-    frames: np.ndarray, output: str, mean: Sequence[float], std: Sequence[float]
+  frames: np.ndarray, output: str, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """float32 normalised ``(x/255 - mean)/std`` or uint8 (rounded) for on-device normalisation."""
-    if output == "float32":
-        m = np.asarray(mean, np.float32) * np.float32(255.0)
-        inv = np.float32(1.0) / (np.asarray(std, np.float32) * np.float32(255.0))
-        return ((frames.astype(np.float32, copy=False) - m) * inv).astype(
-            np.float32, copy=False
-        )
-    if output == "uint8":
-        if frames.dtype == np.uint8:
-            return frames
-        return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-    raise ValueError(f"output must be 'float32' or 'uint8', got {output!r}")
+  """float32 normalised ``(x/255 - mean)/std`` or uint8 (rounded) for on-device normalisation."""
+  if output == "float32":
+    m = np.asarray(mean, np.float32) * np.float32(255.0)
+    inv = np.float32(1.0) / (np.asarray(std, np.float32) * np.float32(255.0))
+    return ((frames.astype(np.float32, copy=False) - m) * inv).astype(np.float32, copy=False)
+  if output == "uint8":
+    if frames.dtype == np.uint8:
+      return frames
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+  raise ValueError(f"output must be 'float32' or 'uint8', got {output!r}")
 
 
 def normalize_on_device(
-    x, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3
+  x, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3
 ):
-    """The normalisation for uint8 batches, written with array ops so it also works on jax arrays."""
-    return (x / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  """The normalisation for uint8 batches, written with array ops so it also works on jax arrays."""
+  return (x / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 # ----------------------------------------------------------------------------- full recipes
 @dataclass(frozen=True)
 class TrainAugConfig:
-    """The official training augmentation (defaults: K400 recipe)."""
+  """The official training augmentation (defaults: K400 recipe)."""
 
-    crop_size: int = 224
-    rand_augment: str | None = "rand-m7-n4-mstd0.5-inc1"
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (
-        0.75,
-        1.3333,
-    )  # the literal 1.3333 from the official config
-    random_flip: bool = True  # SSv1/SSv2 recipes: False
-    flip_prob: float = 0.5
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-    output: str = "float32"  # or "uint8" (normalise on device with normalize_on_device)
+  crop_size: int = 224
+  rand_augment: str | None = "rand-m7-n4-mstd0.5-inc1"
+  scale: tuple[float, float] = (0.08, 1.0)
+  ratio: tuple[float, float] = (
+    0.75,
+    1.3333,
+  )  # the literal 1.3333 from the official config
+  random_flip: bool = True  # SSv1/SSv2 recipes: False
+  flip_prob: float = 0.5
+  mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+  std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+  output: str = "float32"  # or "uint8" (normalise on device with normalize_on_device)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Test views: short-side resize to crop_size, S spatial crops."""
+  """Test views: short-side resize to crop_size, S spatial crops."""
 
-    crop_size: int = 224
-    num_spatial_crops: int = 3
-    single_crop_index: int = (
-        1  # crop used when S == 1: Kinetics 1 (centre), SSv2 0 (left/top)
-    )
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-    output: str = "float32"
+  crop_size: int = 224
+  num_spatial_crops: int = 3
+  single_crop_index: int = 1  # crop used when S == 1: Kinetics 1 (centre), SSv2 0 (left/top)
+  mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+  std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+  output: str = "float32"
 
-    def spatial_index(self, s: int) -> int:
-        return s if self.num_spatial_crops > 1 else self.single_crop_index
+  def spatial_index(self, s: int) -> int:
+    return s if self.num_spatial_crops > 1 else self.single_crop_index
 
 
-def train_augment(
-    frames: np.ndarray, rng: np.random.Generator, cfg: TrainAugConfig
-) -> np.ndarray:
-    """One augmented clip ``[T, crop, crop, 3]`` from uint8 frames (all frames alike)."""
-    if cfg.rand_augment:
-        ops = sample_rand_augment(rng, RandAugmentConfig.parse(cfg.rand_augment))
-        frames = apply_rand_augment(frames, ops)
-    box = rrc_params(rng, frames.shape[1], frames.shape[2], cfg.scale, cfg.ratio)
-    out = crop_resize(frames, box, cfg.crop_size)
-    if cfg.random_flip and rng.random() < cfg.flip_prob:
-        out = out[:, :, ::-1]
-    return finalize(np.ascontiguousarray(out), cfg.output, cfg.mean, cfg.std)
+def train_augment(frames: np.ndarray, rng: np.random.Generator, cfg: TrainAugConfig) -> np.ndarray:
+  """One augmented clip ``[T, crop, crop, 3]`` from uint8 frames (all frames alike)."""
+  if cfg.rand_augment:
+    ops = sample_rand_augment(rng, RandAugmentConfig.parse(cfg.rand_augment))
+    frames = apply_rand_augment(frames, ops)
+  box = rrc_params(rng, frames.shape[1], frames.shape[2], cfg.scale, cfg.ratio)
+  out = crop_resize(frames, box, cfg.crop_size)
+  if cfg.random_flip and rng.random() < cfg.flip_prob:
+    out = out[:, :, ::-1]
+  return finalize(np.ascontiguousarray(out), cfg.output, cfg.mean, cfg.std)
 
 
 def eval_view(frames: np.ndarray, s: int, cfg: EvalConfig) -> np.ndarray:
-    """Spatial view ``s`` (0..S-1) of a decoded temporal clip."""
-    out = eval_crop(frames, cfg.crop_size, cfg.spatial_index(s))
-    return finalize(out, cfg.output, cfg.mean, cfg.std)
+  """Spatial view ``s`` (0..S-1) of a decoded temporal clip."""
+  out = eval_crop(frames, cfg.crop_size, cfg.spatial_index(s))
+  return finalize(out, cfg.output, cfg.mean, cfg.std)
 
 
 # ----------------------------------------------------------------------------- batch-level mixing
-def one_hot_smooth(
-    labels: np.ndarray, num_classes: int, smoothing: float = 0.0
-) -> np.ndarray:
-    """Soft targets: 1 - smoothing + smoothing/K on the label, smoothing/K elsewhere (timm)."""
-    off = smoothing / num_classes
-    out = np.full((len(labels), num_classes), off, np.float32)
-    out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
-    return out
+def one_hot_smooth(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
+  """Soft targets: 1 - smoothing + smoothing/K on the label, smoothing/K elsewhere (timm)."""
+  off = smoothing / num_classes
+  out = np.full((len(labels), num_classes), off, np.float32)
+  out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
+  return out
 
 
 @dataclass(frozen=True)
 class MixupConfig:
-    """timm-style batch Mixup/CutMix (disabled in the official recipes)."""
+  """timm-style batch Mixup/CutMix (disabled in the official recipes)."""
 
-    num_classes: int
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    prob: float = 1.0
-    switch_prob: float = 0.5
-    label_smoothing: float = 0.1
+  num_classes: int
+  mixup_alpha: float = 0.8
+  cutmix_alpha: float = 1.0
+  prob: float = 1.0
+  switch_prob: float = 0.5
+  label_smoothing: float = 0.1
 
 
 def mixup_cutmix(
-    videos: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: MixupConfig
+  videos: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: MixupConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mix a batch with its reverse (timm 'batch' mode); returns (videos, soft labels [B, K]).
+  """Mix a batch with its reverse (timm 'batch' mode); returns (videos, soft labels [B, K]).
 
-    CutMix pastes one box (same for every frame) and corrects lambda to the true box area.
-    """
-    y1 = one_hot_smooth(labels, cfg.num_classes, cfg.label_smoothing)
-    y2 = y1[::-1]
-    if rng.random() >= cfg.prob or (cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0):
-        return videos, y1
-    use_cutmix = cfg.cutmix_alpha > 0 and (
-        cfg.mixup_alpha <= 0 or rng.random() < cfg.switch_prob
+  CutMix pastes one box (same for every frame) and corrects lambda to the true box area.
+  """
+  y1 = one_hot_smooth(labels, cfg.num_classes, cfg.label_smoothing)
+  y2 = y1[::-1]
+  if rng.random() >= cfg.prob or (cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0):
+    return videos, y1
+  use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or rng.random() < cfg.switch_prob)
+  out = videos.copy()
+  if use_cutmix:
+    lam = float(rng.beta(cfg.cutmix_alpha, cfg.cutmix_alpha))
+    h, w = videos.shape[-3], videos.shape[-2]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1b = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
+    x0, x1b = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
+    out[..., y0:y1b, x0:x1b, :] = videos[::-1][..., y0:y1b, x0:x1b, :]
+    lam = 1.0 - (y1b - y0) * (x1b - x0) / float(h * w)
+  else:
+    lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+    mixed = videos.astype(np.float32) * lam + videos[::-1].astype(np.float32) * (1.0 - lam)
+    out = (
+      mixed.astype(videos.dtype)
+      if videos.dtype == np.float32
+      else np.rint(mixed).astype(videos.dtype)
     )
-    out = videos.copy()
-    if use_cutmix:
-        lam = float(rng.beta(cfg.cutmix_alpha, cfg.cutmix_alpha))
-        h, w = videos.shape[-3], videos.shape[-2]
-        cut = math.sqrt(1.0 - lam)
-        ch, cw = int(h * cut), int(w * cut)
-        cy, cx = int(rng.integers(h)), int(rng.integers(w))
-        y0, y1b = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
-        x0, x1b = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
-        out[..., y0:y1b, x0:x1b, :] = videos[::-1][..., y0:y1b, x0:x1b, :]
-        lam = 1.0 - (y1b - y0) * (x1b - x0) / float(h * w)
-    else:
-        lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-        mixed = videos.astype(np.float32) * lam + videos[::-1].astype(np.float32) * (
-            1.0 - lam
-        )
-        out = (
-            mixed.astype(videos.dtype)
-            if videos.dtype == np.float32
-            else np.rint(mixed).astype(videos.dtype)
-        )
-    return out, (y1 * lam + y2 * (1.0 - lam)).astype(np.float32)
+  return out, (y1 * lam + y2 * (1.0 - lam)).astype(np.float32)

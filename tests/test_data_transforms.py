@@ -1,0 +1,181 @@
+"""Spatial transforms: official test crops, RandomResizedCrop, RandAugment, flip, mixup."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uniformerv2_jax.data import transforms as T
+
+SHARED = Path(
+  os.environ.get("UNIFORMERV2_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+)
+FIX = SHARED / "fixtures" / "data_sampling"
+
+
+def _load(name):
+  path = FIX / name
+  if not path.exists():
+    pytest.skip(f"fixture {path} not found")
+  return json.loads(path.read_text())
+
+
+def _coord_video(h, w):
+  """Fixture dummy video in our layout [T=2, H, W, C=3] float32."""
+  y = np.arange(h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+  x = np.ones((h, 1), np.float32) * np.arange(w, dtype=np.float32)[None, :]
+  f0 = np.stack([y, x, np.zeros_like(y)], -1)
+  yi, xi = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  f1 = np.stack(
+    [((37 * yi) % 101) / 100.0, ((53 * xi) % 103) / 102.0, np.zeros((h, w))], -1
+  ).astype(np.float32)
+  return np.stack([f0, f1])
+
+
+def test_eval_resize_and_crops_match_official():
+  for case in _load("test_crops.json")["cases"]:
+    h, w = case["frame_hw"]
+    s = case["crop"]
+    vid = _coord_video(h, w)
+    assert T.short_side_size(h, w, s) == tuple(case["resized_hw"]), case["frame_hw"]
+    resized = T.eval_resize(vid, s)
+    assert resized.shape[1:3] == tuple(case["resized_hw"])
+    prof = case["resized_profiles"]
+    np.testing.assert_allclose(resized[0, :, 0, 0], prof["coord_rows"], atol=2e-4)
+    np.testing.assert_allclose(resized[0, 0, :, 1], prof["coord_cols"], atol=2e-4)
+    np.testing.assert_allclose(resized[1, :, 0, 0], prof["pattern_rows"], atol=1e-4)
+    np.testing.assert_allclose(resized[1, 0, :, 1], prof["pattern_cols"], atol=1e-4)
+    for k, (y0, x0, y1, x1) in case["boxes_y0_x0_y1_x1"].items():
+      assert T.uniform_crop_box(*resized.shape[1:3], s, int(k)) == (y0, x0)
+      crop = T.eval_crop(vid, s, int(k))
+      np.testing.assert_array_equal(crop, resized[:, y0:y1, x0:x1])
+
+
+def test_eval_views_left_centre_right_and_single_crop_index():
+  vid = _coord_video(240, 320)
+  cfg3 = T.EvalConfig(
+    crop_size=224, num_spatial_crops=3, output="float32", mean=(0, 0, 0), std=(1 / 255,) * 3
+  )
+  x0s = [float(T.eval_view(vid, s, cfg3)[0, 0, 0, 1]) for s in range(3)]
+  assert x0s[0] < x0s[1] < x0s[2]
+  k400 = T.EvalConfig(num_spatial_crops=1, single_crop_index=1)
+  ssv2 = T.EvalConfig(num_spatial_crops=1, single_crop_index=0)
+  assert k400.spatial_index(0) == 1 and ssv2.spatial_index(0) == 0
+
+
+def test_rrc_fallback_exact():
+  for e in _load("train_crop.json")["fallback_boxes_recipe_ratio"]["entries"]:
+    h, w = e["frame_hw"]
+    assert T.rrc_fallback(h, w, (0.75, 1.3333)) == tuple(e["i_j_h_w"]), e
+    # 0 attempts also gives the fallback.
+    assert T.rrc_params(np.random.default_rng(0), h, w, attempts=0) == tuple(e["i_j_h_w"])
+
+
+def test_rrc_statistics_match_official_quantiles():
+  rng = np.random.default_rng(0)
+  for e in _load("train_crop.json")["sampler_statistics_recipe"]["entries"]:
+    h, w = e["frame_hw"]
+    boxes = np.array([T.rrc_params(rng, h, w) for _ in range(20000)], np.float64)
+    top, left, bh, bw = boxes.T
+    q = e["quantiles"]
+    stats = {
+      "area_fraction": bh * bw / (h * w),
+      "log_aspect_w_over_h": np.log(bw / bh),
+      "centre_y_over_H": (top + bh / 2) / h,
+      "centre_x_over_W": (left + bw / 2) / w,
+    }
+    for key, values in stats.items():
+      np.testing.assert_allclose(np.quantile(values, q), e[key], atol=0.02, err_msg=key)
+
+
+def test_bilinear_matches_half_pixel_formula():
+  rng = np.random.default_rng(0)
+  img = rng.random((1, 7, 9, 1)).astype(np.float32)
+  out = T.resize_bilinear(img, 4, 13)
+
+  # Reference in float64: separable, half-pixel centres, clamp below at 0.
+  def axis(n_in, n_out):
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), i0] += 1 - (src - i0)
+    m[np.arange(n_out), i1] += src - i0
+    return m
+
+  ref = axis(7, 4) @ img[0, :, :, 0] @ axis(9, 13).T
+  np.testing.assert_allclose(out[0, :, :, 0], ref, atol=1e-5)
+
+
+def _clip(rng, t=4, h=48, w=64):
+  base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  return np.stack([base] * t)
+
+
+def test_same_transform_on_every_frame():
+  rng = np.random.default_rng(1)
+  frames = _clip(rng)
+  cfg = T.TrainAugConfig(crop_size=32)
+  for seed in range(20):
+    out = T.train_augment(frames, np.random.default_rng(seed), cfg)
+    assert out.shape == (4, 32, 32, 3) and out.dtype == np.float32
+    for t in range(1, 4):
+      np.testing.assert_array_equal(out[t], out[0])
+
+
+def test_rand_augment_parse_and_ops():
+  cfg = T.RandAugmentConfig.parse("rand-m7-n4-mstd0.5-inc1")
+  assert (cfg.magnitude, cfg.num_layers, cfg.magnitude_std, cfg.prob) == (7, 4, 0.5, 0.5)
+  assert len(T.RAND_INCREASING_OPS) == 15
+  rng = np.random.default_rng(0)
+  counts = [len(T.sample_rand_augment(rng, cfg)) for _ in range(2000)]
+  assert abs(np.mean(counts) - 2.0) < 0.1  # 4 ops each applied with p 0.5
+  frames = _clip(rng, t=2)
+  for name in T.RAND_INCREASING_OPS:
+    arg = T._level_to_arg(name, 7.0, False, cfg)
+    out = T.apply_rand_augment(frames, [(name, arg)])
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], out[1])
+  assert T._level_to_arg("Rotate", 10.0, True, cfg) == -30.0
+  assert T._level_to_arg("PosterizeIncreasing", 7.0, False, cfg) == 2.0
+  assert T._level_to_arg("SolarizeIncreasing", 7.0, False, cfg) == 256 - 179
+  assert T._level_to_arg("SolarizeAdd", 7.0, False, cfg) == 77
+  assert math.isclose(T._level_to_arg("ContrastIncreasing", 7.0, True, cfg), 1 - 0.63)
+
+
+def test_flip_rate_and_disable():
+  # Asymmetric frame: flipping changes the output.
+  frames = np.zeros((2, 32, 32, 3), np.uint8)
+  frames[:, :, :8] = 255
+  base = dict(crop_size=32, rand_augment=None, scale=(1.0, 1.0), ratio=(1.0, 1.0), output="uint8")
+  on, off = T.TrainAugConfig(**base), T.TrainAugConfig(**base, random_flip=False)
+  flips = [
+    T.train_augment(frames, np.random.default_rng(s), on)[0, 0, 0, 0] == 0 for s in range(400)
+  ]
+  assert 0.4 < np.mean(flips) < 0.6
+  assert not any(
+    T.train_augment(frames, np.random.default_rng(s), off)[0, 0, 0, 0] == 0 for s in range(50)
+  )
+
+
+def test_normalisation_and_uint8_output():
+  frames = np.full((1, 8, 8, 3), 255, np.uint8)
+  out = T.finalize(frames.astype(np.float32), "float32", (0.45,) * 3, (0.225,) * 3)
+  np.testing.assert_allclose(out, (1 - 0.45) / 0.225, rtol=1e-6)
+  np.testing.assert_allclose(T.normalize_on_device(frames.astype(np.float32)), out, rtol=1e-6)
+
+
+def test_mixup_cutmix_soft_labels():
+  rng = np.random.default_rng(0)
+  videos = rng.random((4, 2, 8, 8, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3])
+  cfg = T.MixupConfig(num_classes=5, label_smoothing=0.1)
+  for _ in range(10):
+    out, soft = T.mixup_cutmix(videos, labels, rng, cfg)
+    assert out.shape == videos.shape and soft.shape == (4, 5)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+  smooth = T.one_hot_smooth(labels, 5, 0.1)
+  np.testing.assert_allclose(smooth[0], [0.92, 0.02, 0.02, 0.02, 0.02], rtol=1e-6)
