@@ -103,3 +103,11 @@ def test_seek_with_gop_longer_than_threshold(tmp_path):
   for thr in (None, 5, 12):
     clip = V.read_video(path, lambda n: np.array(idx), seek_threshold=thr)
     np.testing.assert_array_equal(clip.frames, frames[idx])
+
+
+@pytest.mark.parametrize("threads,count", [("NONE", 0), ("SLICE", 0), ("AUTO", 1), ("FRAME", 2)])
+def test_decoder_threading_does_not_change_frames(lossless_video, threads, count):
+  path, frames = lossless_video
+  idx = np.array([0, 3, 3, 40, 77, 149])
+  clip = V.read_video(path, lambda n: idx, threads=threads, thread_count=count)
+  np.testing.assert_array_equal(clip.frames, frames[idx])

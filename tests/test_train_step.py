@@ -16,7 +16,13 @@ from tests.conftest import FIXTURES
 from tests.test_model import channels_last
 from uniformerv2_jax.convert import flax_from_torch, model_from_flax, strip_prefix, torch_from_flax
 from uniformerv2_jax.optim import OptimConfig, lr_schedule, make_optimizer, official_lr
-from uniformerv2_jax.steps import cross_entropy, init_train_state, make_train_step, split_model
+from uniformerv2_jax.steps import (
+  cross_entropy,
+  init_train_state,
+  make_train_step,
+  merge_model,
+  split_model,
+)
 
 D = FIXTURES / "train_step_ssv2"
 
@@ -54,15 +60,15 @@ def test_two_official_training_steps():
   lrs = jnp.asarray([s["lr"] for s in steps], jnp.float32)
   oc = OptimConfig(base_lr=1e-3, steps_per_epoch=1, epochs=22, warmup_epochs=5)
   tx = make_optimizer(oc, nnx.state(model, nnx.Param), schedule=lambda count: lrs[count])
-  graphdef, state = init_train_state(model, tx, seed=0)
-  step = jax.jit(make_train_step(graphdef, tx))
+  graphdef, other, state = init_train_state(model, tx, seed=0)
+  step = jax.jit(make_train_step(graphdef, other, tx))
   batch = {"video": channels_last(np.load(D / "input.npy")),
            "label": jnp.asarray(np.load(D / "labels.npy"), jnp.int32)}
   noise = {k: slice(*v) for k, v in cfg_json["noise_elements"]["slices"].items()}
   files = [("loss.npy", "grads.npz", "params_after.npz", "bn_after.npz"),
            ("step2_loss.npy", "step2_grads.npz", "step2_params_after.npz",
             "step2_bn_after.npz")]
-  grad_fn = jax.jit(jax.grad(lambda p, s: _loss(graphdef, p, s, batch)))
+  grad_fn = jax.jit(jax.grad(lambda p, s: _loss(graphdef, other, p, s, batch)))
   for i, (loss_f, grads_f, params_f, bn_f) in enumerate(files):
     if i == 1:
       # Step 2 starts from the official step-1 result (as the fixture's step-2 files do), with
@@ -70,9 +76,9 @@ def test_two_official_training_steps():
       # +-lr Adam updates in any implementation, and would otherwise leak into step 2.
       official = {**np.load(D / "params_after.npz"), **np.load(D / "bn_after.npz")}
       start = model_from_flax(flax_from_torch(strip_prefix(official), cfg), cfg)
-      _, params, rest = split_model(start)
-      state = state.replace(params=params, rest=rest)
-    g_flax = grad_fn(state.params, state.rest)
+      _, params, batch_stats, _ = split_model(start)
+      state = state.replace(params=params, batch_stats=batch_stats)
+    g_flax = grad_fn(state.params, state.batch_stats)
     g = _torch_named(g_flax, cfg=cfg)
     state, metrics = step(state, batch)
     assert float(metrics["loss"]) == pytest.approx(float(np.load(D / loss_f)), abs=2e-5)
@@ -84,7 +90,7 @@ def test_two_official_training_steps():
         a[noise[k]] = b[noise[k]] = 0
       err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
       assert err < 1e-4, f"step {i + 1} grad {k}: relative error {err:.2e}"
-    after = _torch_named(state.params, state.rest, cfg=cfg)
+    after = _torch_named(state.params, state.batch_stats, cfg=cfg)
     want_p, want_bn = np.load(D / params_f), np.load(D / bn_f)
     for k in want_p.files:
       a, b = after[k], want_p[k]
@@ -98,6 +104,6 @@ def test_two_official_training_steps():
                                  err_msg=f"step {i + 1} {k}")
 
 
-def _loss(graphdef, params, rest, batch):
-  model = nnx.merge(graphdef, params, rest, copy=True)
+def _loss(graphdef, other, params, batch_stats, batch):
+  model = merge_model(graphdef, params, batch_stats, other)
   return cross_entropy(model(batch["video"], train=True), batch["label"])

@@ -11,5 +11,15 @@ __all__ = [
   "abstract_model",
   "config_from_official",
   "create_model",
+  "load_checkpoint",
   "load_official",
 ]
+
+
+def __getattr__(name: str):
+  # Orbax is imported only when a checkpoint is actually loaded (it adds ~1 s to imports).
+  if name == "load_checkpoint":
+    from uniformerv2_jax.checkpoint import load_checkpoint
+
+    return load_checkpoint
+  raise AttributeError(f"module 'uniformerv2_jax' has no attribute {name!r}")

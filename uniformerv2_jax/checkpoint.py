@@ -148,3 +148,101 @@ def flatten_dict(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ..
 
 def write_json(path: str | Path, obj: Any) -> None:
   epath.Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- training
+class TrainCheckpointer:
+  """Orbax manager of a training run: ``WORKDIR/checkpoints/<step>/`` with the model items above
+  plus ``opt_state``, ``ema``, ``train_state`` (step, base key), ``data_state`` (the input
+  iterator's position) and ``config``. Saves are asynchronous and atomic (Orbax writes a
+  temporary directory and renames it when complete, so a crash mid-save leaves the previous
+  checkpoints intact). Keeps the last ``keep`` steps and, with ``keep_best``, the best by eval
+  top-1.
+  """
+
+  def __init__(self, directory: str | Path, *, keep: int = 2, keep_best: bool = True,
+               async_save: bool = True):
+    from orbax.checkpoint import checkpoint_managers as cm
+
+    policies = [cm.LatestN(n=max(keep, 1))]
+    if keep_best:
+      policies.append(cm.BestN(get_metric_fn=lambda m: m.get("top1", -1.0), n=1,
+                               keep_checkpoints_without_metrics=False))
+    self.directory = epath.Path(directory)
+    self.manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, *, data_state: Any, config: dict[str, Any],
+           metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+    items = {
+      "params": ocp.args.StandardSave(nnx.to_pure_dict(state.params)),
+      "opt_state": ocp.args.StandardSave(_leaves_dict(state.opt_state)),
+      "train_state": ocp.args.StandardSave({"step": state.step, "key": state.key}),
+      "data_state": ocp.args.JsonSave(data_state),
+      "config": ocp.args.JsonSave(config),
+    }
+    if jax.tree.leaves(state.batch_stats):
+      items["batch_stats"] = ocp.args.StandardSave(nnx.to_pure_dict(state.batch_stats))
+    if state.ema is not None:
+      items["ema"] = ocp.args.StandardSave(nnx.to_pure_dict(state.ema))
+    return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                             force=force)
+
+  def restore(self, step: int, abstract_state) -> tuple[Any, Any]:
+    """Restore into the structure (and shardings) of ``abstract_state`` (``jax.eval_shape`` of
+    the state, leaves ``ShapeDtypeStruct`` with ``sharding``). Returns ``(state, data_state)``."""
+    def target(tree):
+      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=getattr(a, "sharding", None)),
+                          tree)
+
+    items = {
+      "params": ocp.args.StandardRestore(target(nnx.to_pure_dict(abstract_state.params))),
+      "opt_state": ocp.args.StandardRestore(target(_leaves_dict(abstract_state.opt_state))),
+      "train_state": ocp.args.StandardRestore(
+        target({"step": abstract_state.step, "key": abstract_state.key})),
+      "data_state": ocp.args.JsonRestore(),
+    }
+    if jax.tree.leaves(abstract_state.batch_stats):
+      items["batch_stats"] = ocp.args.StandardRestore(
+        target(nnx.to_pure_dict(abstract_state.batch_stats)))
+    if abstract_state.ema is not None:
+      items["ema"] = ocp.args.StandardRestore(target(nnx.to_pure_dict(abstract_state.ema)))
+    r = self.manager.restore(step, args=ocp.args.Composite(**items))
+
+    def fill(abstract_tree, pure):
+      tree = jax.tree.map(lambda a: a, abstract_tree)  # a State we may overwrite
+      nnx.replace_by_pure_dict(tree, pure)
+      return tree
+
+    opt_def = jax.tree.structure(abstract_state.opt_state)
+    opt_leaves = [r["opt_state"][k] for k in sorted(r["opt_state"])]
+    state = abstract_state.replace(
+      step=r["train_state"]["step"], key=r["train_state"]["key"],
+      params=fill(abstract_state.params, r["params"]),
+      batch_stats=(fill(abstract_state.batch_stats, r["batch_stats"])
+                   if "batch_stats" in items else abstract_state.batch_stats),
+      opt_state=jax.tree.unflatten(opt_def, opt_leaves),
+      ema=fill(abstract_state.ema, r["ema"]) if "ema" in items else None,
+    )
+    return state, r["data_state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _leaves_dict(tree) -> dict[str, Any]:
+  """A pytree's leaves as ``{"00000": leaf, ...}`` (structure comes back from the abstract
+  state on restore), so any optax state saves with plain Orbax."""
+  return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}

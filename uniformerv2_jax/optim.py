@@ -18,7 +18,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from uniformerv2_jax.convert import weight_decay_mask
 

@@ -1,8 +1,9 @@
 """Jitted step functions as plain pytree code: ``nnx.split`` -> pure function -> ``nnx.merge``.
 
-The train state holds the model's parameters and its other variables (BatchNorm statistics)
-as ``nnx.State`` pytrees, the optax state, the step and a base PRNG key; the step's randomness
-is ``fold_in(key, step)``, so a resumed run draws exactly what an uninterrupted one would.
+The train state holds the parameters and the BatchNorm statistics as ``nnx.State`` pytrees, the
+optax state, the step, a base PRNG key (raw uint32 data) and optionally an EMA of the params.
+The step's randomness is ``fold_in(key, step)``: a resumed run draws exactly what an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,21 +21,32 @@ from flax import nnx
 class TrainState:
   step: jax.Array
   params: Any  # nnx.State of nnx.Param
-  rest: Any  # nnx.State of everything else (BatchNorm statistics, RNG state)
+  batch_stats: Any  # nnx.State of nnx.BatchStat (empty without local MHRA)
   opt_state: Any
-  key: jax.Array  # raw uint32 key data (checkpoints as a plain array)
+  key: jax.Array  # raw uint32 key data
+  ema: Any = None  # nnx.State like params, or None
 
 
 def split_model(model: nnx.Module):
-  """``(graphdef, params, rest)``."""
-  return nnx.split(model, nnx.Param, ...)
+  """``(graphdef, params, batch_stats, other)``; ``other`` (the module's own RNG state) is not
+  trained and not checkpointed: steps pass explicit keys."""
+  return nnx.split(model, nnx.Param, nnx.BatchStat, ...)
 
 
-def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
-  graphdef, params, rest = split_model(model)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                     opt_state=tx.init(params), key=jax.random.key_data(jax.random.key(seed)))
-  return graphdef, state
+def merge_model(graphdef, params, batch_stats, other):
+  # copy=True: the step's inputs are tracers of the enclosing jit; the model mutates its
+  # BatchNorm statistics inside jax.grad, which must own fresh Variables.
+  return nnx.merge(graphdef, params, batch_stats, other, copy=True)
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
+                     ema: bool = False):
+  graphdef, params, batch_stats, other = split_model(model)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params),
+                     key=jax.random.key_data(jax.random.key(seed)),
+                     ema=jax.tree.map(jnp.copy, params) if ema else None)
+  return graphdef, other, state
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
@@ -48,20 +60,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return -(labels * logp).sum(-1).mean()
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, label_smoothing: float = 0.0):
-  """``train_step(state, batch) -> (state, metrics)``; batch has ``video`` ``[B,T,H,W,3]`` and
-  ``label`` (``[B]`` ints or ``[B, K]`` soft labels)."""
+def make_train_step(graphdef, other, tx: optax.GradientTransformation, *,
+                    label_smoothing: float = 0.0, ema_decay: float = 0.0):
+  """``train_step(state, batch) -> (state, metrics)``; ``batch`` has ``video`` ``[B,T,H,W,3]``
+  (float, normalised) and ``label`` (``[B]`` ints or ``[B, K]`` soft labels)."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.rest, copy=True)
+      model = merge_model(graphdef, params, state.batch_stats, other)
       logits = model(batch["video"], train=True, key=key)
       loss = cross_entropy(logits, batch["label"], label_smoothing)
-      return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+      return loss, (logits, nnx.state(model, nnx.BatchStat))
 
-    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     labels = batch["label"]
@@ -73,18 +87,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, label_smoothi
       "param_norm": optax.tree.norm(params),
       "update_norm": optax.tree.norm(updates),
     }
-    new_state = state.replace(step=state.step + 1, params=params, rest=rest,
-                              opt_state=opt_state)
+    ema = state.ema
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema=ema)
     return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(graphdef):
-  """``eval_step(params, rest, video) -> (probabilities [B, K], fused features [B, D])``."""
+def make_eval_step(graphdef, other):
+  """``eval_step(params, batch_stats, video) -> (probabilities [B, K], features [B, D])``."""
 
-  def eval_step(params, rest, video):
-    model = nnx.merge(graphdef, params, rest)
+  def eval_step(params, batch_stats, video):
+    model = merge_model(graphdef, params, batch_stats, other)
     logits, fused = model(video, train=False, return_features=True)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), fused
 

@@ -254,8 +254,13 @@ def read_clip(
   *,
   max_pixels: int = video_lib.DEFAULT_MAX_PIXELS,
   seek_threshold: int | None = None,
+  decode_threads: str = "AUTO",
 ) -> Clip:
-  """Decode the frames ``indices_for_length(L)`` (0-based positions) of any record kind."""
+  """Decode the frames ``indices_for_length(L)`` (0-based positions) of any record kind.
+
+  ``decode_threads``: FFmpeg ``thread_type`` for video records ('AUTO' default; 'NONE' costs
+  ~15% less CPU per clip, the better choice when worker processes already fill every core).
+  """
   kind = record["kind"]
   path = record.get("path", "<record>")
   if kind == "video":
@@ -264,6 +269,7 @@ def read_clip(
       indices_for_length,
       max_pixels=max_pixels,
       seek_threshold=seek_threshold,
+      threads=decode_threads,
     )
   if kind == "encoded":
     return video_lib.read_video(
@@ -272,6 +278,7 @@ def read_clip(
       label=path,
       max_pixels=max_pixels,
       seek_threshold=seek_threshold,
+      threads=decode_threads,
     )
   if kind == "frames":
     length = int(record["num_frames"])

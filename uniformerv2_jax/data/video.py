@@ -112,6 +112,7 @@ def read_video(
   max_pixels: int = DEFAULT_MAX_PIXELS,
   seek_threshold: int | None = None,
   threads: str = "AUTO",
+  thread_count: int = 0,
 ) -> Clip:
   """Decode the frames ``indices_for_length(L)`` of a video file or in-memory bytes.
 
@@ -119,7 +120,9 @@ def read_video(
   after the last requested frame. With ``seek_threshold`` set, a jump of more than that many
   frames to the next requested frame is done by seeking to the preceding keyframe instead of
   decoding through (worth it only for long videos with sparse indices; see
-  ``benchmarks/data_speed.py``). Requested indices past the real end of the stream (container
+  ``benchmarks/data_speed.py``). ``threads``/``thread_count`` set FFmpeg's decoder threading
+  (``thread_type`` 'AUTO'/'FRAME'/'SLICE'/'NONE'; count 0 = FFmpeg's default). Requested
+  indices past the real end of the stream (container
   metadata overcounting) repeat the last decoded frame, like the official clamp to L - 1.
   """
   label = label or (src if isinstance(src, str) else "<bytes>")
@@ -132,6 +135,8 @@ def read_video(
     if width * height > max_pixels:
       raise DecodeError("too_large", label, f"{width}x{height} > {max_pixels} pixels")
     stream.thread_type = threads
+    if thread_count:
+      stream.codec_context.thread_count = thread_count  # 0 = FFmpeg's choice (one per core)
     length = _stream_length(container, stream)
     if length <= 0:
       length = _count_frames(container, stream, label)
@@ -293,7 +298,7 @@ def read_frame_folder(
         with Image.open(path) as im:
           if im.width * im.height > max_pixels:
             raise DecodeError("too_large", path, f"{im.width}x{im.height}")
-          arr = np.asarray(im.convert("RGB"))
+          arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
       except DecodeError:
         raise
       except PermissionError as e:
@@ -328,7 +333,7 @@ def decode_jpeg_frames(
     if i not in cache:
       try:
         with Image.open(io.BytesIO(jpegs[i])) as im:
-          arr = np.asarray(im.convert("RGB"))
+          arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
       except (OSError, ValueError, SyntaxError) as e:
         raise DecodeError("unreadable", label, f"frame {i}: {e}") from e
       cache[i] = arr[..., ::-1] if bgr else arr

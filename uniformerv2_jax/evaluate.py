@@ -1,0 +1,110 @@
+"""Multi-view evaluation: clips x crops views per video, softmax per view, summed per video
+(the official ``TEST.ADD_SOFTMAX`` aggregation), top-1 / top-5 / mean per-class accuracy.
+
+Results do not depend on the batch size or the number of devices: every view is scored once,
+padding and bad videos are masked out by the pipeline's ``valid`` flag, and the per-video sums
+are accumulated on the host from the gathered outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+class ViewAccumulator:
+  """Sums per-view probabilities into per-video scores (each (video, view) counted once)."""
+
+  def __init__(self, num_videos: int, num_classes: int, views: int):
+    self.scores = np.zeros((num_videos, num_classes), np.float64)
+    self.seen = np.zeros((num_videos, views), bool)
+    self.labels = np.full((num_videos,), -1, np.int64)
+    self.bad = np.zeros((num_videos,), bool)
+
+  def add(self, probs: np.ndarray, video_index: np.ndarray, view_index: np.ndarray,
+          valid: np.ndarray, labels: np.ndarray) -> None:
+    for p, v, w, ok, y in zip(probs, video_index, view_index, valid, labels, strict=True):
+      if v < 0 or v >= len(self.scores):
+        continue  # padding beyond the last video
+      if not ok:
+        # A bad video is reported by the pipeline with valid False on its views; padding
+        # repeats a real video with valid False too, so only mark it bad if never seen valid.
+        continue
+      if self.seen[v, w]:
+        continue  # a view delivered twice (padding) counts once
+      self.seen[v, w] = True
+      self.scores[v] += p
+      self.labels[v] = y
+
+  def summary(self) -> dict[str, Any]:
+    counted = self.seen.any(1)
+    return summarize(self.scores[counted], self.labels[counted])
+
+
+def summarize(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """Top-1 / top-5 / mean per-class accuracy of per-video ``scores`` [N, K]."""
+  n, k = scores.shape
+  if n == 0:
+    return {"top1": 0.0, "top5": 0.0, "mean_class_accuracy": 0.0, "num_videos": 0}
+  order = np.argsort(-scores, axis=1, kind="stable")
+  top1 = order[:, 0] == labels
+  top5 = (order[:, : min(5, k)] == labels[:, None]).any(1)
+  classes = np.unique(labels)
+  per_class = [top1[labels == c].mean() for c in classes]
+  return {"top1": float(top1.mean()), "top5": float(top5.mean()),
+          "mean_class_accuracy": float(np.mean(per_class)), "num_videos": int(n)}
+
+
+def _gather(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def run_evaluation(eval_fn: Callable[[dict[str, np.ndarray]], Any],
+                   batches: Iterable[Mapping[str, np.ndarray]], *, num_videos: int,
+                   num_classes: int, views: int, progress=None) -> ViewAccumulator:
+  """Score every batch with ``eval_fn(batch) -> probabilities`` (a global or local array) and
+  accumulate. Host-side arrays of the batch (indices, labels, valid) are gathered across
+  processes alongside the probabilities."""
+  acc = ViewAccumulator(num_videos, num_classes, views)
+  for batch in batches:
+    probs = eval_fn(batch)
+    probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True)) \
+      if jax.process_count() > 1 else np.asarray(probs)
+    acc.add(probs, _gather(batch["video_index"]), _gather(batch["view_index"]),
+            _gather(batch["valid"]), _gather(batch["label"]))
+    if progress is not None:
+      progress.update(1)
+  return acc
+
+
+def write_results(workdir: str | Path, acc: ViewAccumulator, summary: dict[str, Any], *,
+                  step: int, names: list[str] | None = None,
+                  paths: list[str] | None = None, prefix: str = "eval") -> None:
+  """``WORKDIR/eval_results.json`` (summary) and ``WORKDIR/eval_predictions.csv`` (per video)."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  summary = {**summary, "step": int(step)}
+  (workdir / f"{prefix}_results.json").write_text(json.dumps(summary, indent=1))
+  counted = acc.seen.any(1)
+  with open(workdir / f"{prefix}_predictions.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["video_index", "path", "label", "prediction", "top5", "score", "views"])
+    for v in np.nonzero(counted)[0]:
+      order = np.argsort(-acc.scores[v], kind="stable")[:5]
+      label = int(acc.labels[v])
+
+      def name(i):
+        return names[i] if names and i < len(names) else str(i)
+
+      w.writerow([int(v), paths[v] if paths else "", name(label), name(int(order[0])),
+                  " ".join(name(int(i)) for i in order),
+                  f"{acc.scores[v, order[0]] / acc.seen[v].sum():.4f}", int(acc.seen[v].sum())])

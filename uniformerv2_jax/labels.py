@@ -1,0 +1,47 @@
+"""Class-name maps: files shipped with the package (``uniformerv2_jax/label_maps/NAME.txt``) or
+any file with one name per line, in label order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
+
+
+def available() -> list[str]:
+  return sorted(p.stem for p in MAPS_DIR.glob("*.txt")) if MAPS_DIR.is_dir() else []
+
+
+def read_label_file(path: str | Path, num_classes: int | None = None) -> list[str]:
+  names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+  if num_classes is not None and len(names) != num_classes:
+    raise ValueError(f"{path}: {len(names)} class names, the model has {num_classes} classes")
+  return names
+
+
+def resolve(spec: str, root: str = "") -> Path | None:
+  """A label-map name (``kinetics400``) or a path (absolute, or relative to ``root``)."""
+  if not spec:
+    return None
+  for cand in (Path(spec), Path(root) / spec if root else None, MAPS_DIR / f"{spec}.txt"):
+    if cand is not None and cand.is_file():
+      return cand
+  return None
+
+
+def load_labels(config, num_classes: int, override: str = "") -> list[str] | None:
+  """Names for the config's dataset (``dataset.labels``), or ``override``; None if unknown."""
+  spec = override or config.dataset.labels
+  path = resolve(spec, config.dataset.root)
+  if path is None:
+    if override:
+      raise FileNotFoundError(f"label file {override!r} not found (available maps: "
+                              f"{', '.join(available()) or 'none'})")
+    return None
+  return read_label_file(path, num_classes)
+
+
+def name_of(names: list[str] | None, index: int) -> str:
+  return names[index] if names and 0 <= index < len(names) else str(index)
+
+
