@@ -273,8 +273,13 @@ class MultiHeadAttention(nnx.Module):
     self.out_proj_bias = _zeros((dim,), param_dtype)
 
   def qkv_bias(self, dtype):
+    """``[3, H, Dh]`` with the key part zeroed: adding a constant to every key of a query
+    shifts all its scores equally, which softmax ignores, so the key bias never changes the
+    output. Leaving it out makes its gradient exactly 0 instead of float round-off, which Adam
+    would otherwise turn into +-lr updates that differ between any two reduction orders."""
     c = self.in_proj_bias.shape[0] // 3
-    return self.in_proj_bias[...].reshape(3, self.heads, c // self.heads).astype(dtype)
+    b = self.in_proj_bias[...].reshape(3, self.heads, c // self.heads).astype(dtype)
+    return b * jnp.asarray([1, 0, 1], dtype)[:, None, None]
 
   def self_attention(self, x, dtype):
     """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``."""

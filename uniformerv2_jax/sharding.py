@@ -124,14 +124,16 @@ def partition_spec(path, shape, rules: Mapping[str, Any], mesh: Mesh) -> P:
   return P(*spec)
 
 
-def _names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+def leaf_names(path) -> tuple[str, ...]:
+  """Path of a pytree leaf as strings; an ``nnx.Variable`` adds a trailing ``value``."""
+  names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  return names[:-1] if names and names[-1] == "value" else names
 
 
 def tree_shardings(tree, mesh: Mesh, rules: Mapping[str, Any]):
   """NamedShardings for a params-like pytree (``nnx.State`` of Params or a pure dict)."""
   return jax.tree_util.tree_map_with_path(
-    lambda path, leaf: NamedSharding(mesh, partition_spec(_names(path), np.shape(leaf), rules,
+    lambda path, leaf: NamedSharding(mesh, partition_spec(leaf_names(path), np.shape(leaf), rules,
                                                           mesh)), tree)
 
 

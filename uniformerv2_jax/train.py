@@ -194,7 +194,7 @@ def state_shardings(state: TrainState, mesh, rules):
   by_shape = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     by_shape.setdefault(tuple(np.shape(leaf)), shard_lib.partition_spec(
-      tuple(str(getattr(k, "key", k)) for k in path), np.shape(leaf), rules, mesh))
+      shard_lib.leaf_names(path), np.shape(leaf), rules, mesh))
 
   def opt_leaf(leaf):
     # Adam moments mirror the params; a moment's shape identifies its param's spec (params of
