@@ -5,6 +5,8 @@
       --config.dataset.root=/data/k400 --config.init_from=clip_b16_orbax   # a zoo recipe
   python main.py --mode eval --config configs/k400.py:b16_8x224 --checkpoint DIR
   python main.py --mode forward --config configs/k400.py:b16_8x224         # random clip, top-5
+  python main.py --mode predict --checkpoint DIR --input video.mp4 [--output preds.json]
+  python main.py --mode extract --checkpoint DIR --input videos/ --output feats.npz
 
 Config keys are overridden with ``--config.key=value``; an unknown key is an error.
 """
@@ -25,6 +27,14 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "forward", "predict", "extr
                   "What to do.")
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir (eval/predict/extract/forward).")
 flags.DEFINE_integer("topk", 5, "Classes to print per video (forward/predict).")
+flags.DEFINE_string("input", None, "predict/extract: a video file, a folder of videos or a list "
+                    "file.")
+flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy) file.")
+flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
+flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.")
+flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
+flags.DEFINE_enum("adapt", "resize", ["resize", "pos_embed"], "Crop size != model resolution: "
+                  "resize the views, or interpolate the positional embedding.")
 FLAGS = flags.FLAGS
 
 
@@ -64,10 +74,34 @@ def forward(config) -> None:
     print(f"  {probs[i]:.4f}  {labels.name_of(names, int(i))}")
 
 
+def predict_or_extract(config) -> None:
+  """``--mode predict`` (top-k table / JSON) or ``--mode extract`` (features to .npz)."""
+  from uniformerv2_jax import predict
+
+  if not FLAGS.checkpoint or not FLAGS.input:
+    raise app.UsageError(f"--mode {FLAGS.mode} needs --checkpoint DIR and --input PATH")
+  try:
+    if FLAGS.mode == "predict":
+      predict.predict_videos(FLAGS.checkpoint, FLAGS.input, config=config, topk=FLAGS.topk,
+                             output=FLAGS.output, labels=FLAGS.labels,
+                             batch_size=FLAGS.batch_size, adapt=FLAGS.adapt)
+    else:
+      if not FLAGS.output:
+        raise app.UsageError("--mode extract needs --output FILE.npz")
+      predict.extract_features(FLAGS.checkpoint, FLAGS.input, config=config,
+                               output=FLAGS.output, extract_all=FLAGS.extract_all,
+                               batch_size=FLAGS.batch_size, adapt=FLAGS.adapt)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
+  if FLAGS.mode in ("predict", "extract"):
+    predict_or_extract(config)
+    return
   if config is None:
     raise app.UsageError("--config is required (e.g. --config configs/demo.py)")
   from uniformerv2_jax import sharding
@@ -99,11 +133,9 @@ def main(argv) -> None:
                              names=names, prefix="test")
     print(json.dumps(summary))
     return
-  raise app.UsageError(f"--mode {mode} is not implemented yet in this version "
-                       "(train, eval and forward are)")
+  raise app.UsageError(f"--mode {mode} is not implemented yet in this version")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   app.run(main)
   sys.exit(0)
