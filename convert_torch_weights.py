@@ -113,7 +113,9 @@ def resolve_config(args):
     if len(parts) != 3:
       raise UsageError(f"--config {spec}: expected zoo:<dataset>:<arg>, e.g. zoo:k400:b16_8x224")
     try:
-      return zoo.get(parts[1], parts[2]).model_config()
+      cfg = zoo.get(parts[1], parts[2]).model_config()
+      args.zoo_name = f"{parts[1]}:{parts[2]}"  # recorded so predict can use its test views
+      return cfg
     except (KeyError, ValueError) as e:
       raise UsageError(f"--config {spec}: {e}") from None
   file, _, arg = spec.partition(":")
@@ -128,6 +130,9 @@ def resolve_config(args):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg) if arg else module.get_config()
+  zoo_cfg = config.get("zoo") if isinstance(config, Mapping) else getattr(config, "zoo", None)
+  if zoo_cfg is not None and getattr(zoo_cfg, "name", None):
+    args.zoo_name = zoo_cfg.name
   model = config["model"] if isinstance(config, Mapping) else getattr(config, "model", None)
   if isinstance(model, ModelConfig):
     return model
@@ -307,6 +312,8 @@ def run_import(args, src_path: Path, dst: Path) -> int:
   extra = {"source": "convert_torch_weights.py", "format": imp.converted.fmt,
            "converted_from": str(src_path.resolve()),
            "kept_at_init": len(imp.kept_at_init), "init_seed": args.seed}
+  if getattr(args, "zoo_name", None):
+    extra["zoo"] = args.zoo_name
   save_model(dst.resolve(), imp.model, step=0, extra_config=extra)
   summary(imp, dst, args.verbose)
   if args.verify:

@@ -3,8 +3,24 @@ temporal reasoning); minutes on a laptop CPU.
 
   python main.py --config configs/demo.py --workdir demo_run
 
+Measured on a shared 2-core CPU (JAX CPU, float32): ~0.3-0.45 s/step at batch 16 (model step
+~0.13 s alone; the rest is clip decoding and the CPU being shared), ~25 s to compile; the
+default run (1200 steps, lr 1e-3) took 7m53s wall clock (incl. ~10 s data generation) and
+reached 89% val top-1 (37/76/85/89% at steps 300/600/900/1200); a 1000-step run reached 90%
+in 6m54s, so results vary by a few points on the 100 val clips. 1500 steps on a slightly
+earlier generator (rotations 10-16 deg/frame) reached 92% in 8m25s. lr 2e-3 did worse (88%).
+
+What makes it learn in minutes (the earlier 64x64 / patch 8 / width 96 / RandAugment recipe
+stayed at chance for 180 steps at 1-3 s/step):
+  * ``temporal_downsample=True`` with 16 input frames: the patch conv sees 3 consecutive frames,
+    so the very first layer gets direct motion features (all 16 frames of a clip are used);
+  * a 32x32 input (the 64x64 clips are resized) with 8x8 patches: 16 tokens a frame, and a
+    width-64, 2-head backbone: ~10x cheaper a step than the original recipe;
+  * no RandAugment, a mild RandomResizedCrop (scale 0.8-1), no flip (it would swap classes);
+  * 800 training clips with large, clearly moving shapes (see ``demo_dataset.py``).
+
 The dataset is generated into ``config.dataset.root`` (default: ~/.cache/uniformerv2_jax/demo)
-on first use and reused as it is afterwards.
+on first use (~10 s) and reused as it is afterwards; delete it after changing the generator.
 """
 
 import os
@@ -22,9 +38,9 @@ def get_config(arg: str = ""):
   del arg
   c = common.base_config()
   c.model = common.model_config_dict(ModelConfig(
-    num_classes=10, num_frames=8, input_resolution=64, patch_size=8, width=96, layers=4,
-    heads=4, temporal_downsample=False, no_lmhra=False, double_lmhra=True, dw_reduction=1.5,
-    return_list=(2, 3), n_layers=2, n_dim=96, n_head=4, mlp_factor=2.0,
+    num_classes=10, num_frames=16, input_resolution=32, patch_size=8, width=64, layers=4,
+    heads=2, temporal_downsample=True, no_lmhra=False, double_lmhra=True, dw_reduction=1.5,
+    return_list=(2, 3), n_layers=2, n_dim=64, n_head=2, mlp_factor=2.0,
     backbone_drop_path_rate=0.0, drop_path_rate=0.0, mlp_dropout=(0.0, 0.0), cls_dropout=0.1))
   c.dataset.name = "demo"
   c.dataset.kind = "demo"
@@ -32,14 +48,16 @@ def get_config(arg: str = ""):
   c.dataset.labels = "labels.txt"  # written by the generator, next to the list files
   c.batch_size = 16
   c.eval_batch_size = 16
-  c.epochs = 30.0
+  c.epochs = 30.0  # 800 clips / 16 = 50 steps an epoch: 1500 steps
   c.optim.base_lr = 1e-3
-  c.optim.warmup_epochs = 2.0
+  c.optim.warmup_epochs = 1.0
   c.optim.end_lr = 1e-5
-  c.log_every_steps = 20
-  c.aug.crop_size = 64
-  c.aug.scale = (0.6, 1.0)
-  c.aug.rand_augment = "rand-m5-n2-mstd0.5-inc1"
+  c.log_every_steps = 50
+  c.eval_every_steps = 300  # a few evals (100 val clips, a few seconds each)
+  c.checkpoint_every_steps = 100_000  # only the final checkpoint: saving every epoch costs time
+  c.aug.crop_size = 32  # = model.input_resolution
+  c.aug.scale = (0.8, 1.0)
+  c.aug.rand_augment = ""  # none: the motion cue is small at 32x32; RandAugment slows learning
   c.aug.random_flip = False  # a flip would swap left/right and clockwise/counter-clockwise
   c.sampling.test_clips = 1
   c.sampling.test_crops = 1

@@ -67,12 +67,14 @@ _SHAPES: tuple[np.ndarray, ...] = (
       (-1, -0.4),
     ]
   ),
-  np.array([(0, -1), (0.55, -0.1), (0, 1), (-0.3, -0.1)]),
+  np.array([(0, -1), (0.7, -0.1), (0, 1), (-0.4, -0.1)]),
 )
 
 SIZE = 64
 NUM_FRAMES = 16
 FPS = 8
+TRAIN_PER_CLASS = 80  # 800 training clips: enough variety to learn the motions from scratch
+VAL_PER_CLASS = 10
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -112,18 +114,18 @@ def render_clip(label: int, rng: np.random.Generator) -> np.ndarray:
   bg = _background(rng)
   colour = _contrasting(rng, bg.reshape(-1, 3).mean(0))
   shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
-  scale = rng.uniform(6.0, 10.0)
+  scale = rng.uniform(9.0, 14.0)  # large: the shape stays clearly visible at 32x32 input
   angle0 = rng.uniform(0, 360)
   n = NUM_FRAMES
   t = np.arange(n, dtype=np.float64)
-  margin = 1.2 * scale
+  margin = 1.1 * scale
   cx = np.full(n, rng.uniform(margin, SIZE - margin))
   cy = np.full(n, rng.uniform(margin, SIZE - margin))
   ang = np.full(n, angle0)
   sc = np.full(n, scale)
   visible = np.ones(n, bool)
   if name.startswith("move"):
-    travel = rng.uniform(20, SIZE - 2 * margin)  # pixels over the clip
+    travel = rng.uniform(24, max(24.0, SIZE - 2 * margin))  # pixels over the clip
     lo, hi = margin, SIZE - margin - travel
     start = rng.uniform(lo, max(lo, hi))
     path = start + travel * t / (n - 1)
@@ -136,21 +138,21 @@ def render_clip(label: int, rng: np.random.Generator) -> np.ndarray:
     else:
       cy = path
   elif name.startswith("rotate"):
-    speed = rng.uniform(6.0, 12.0)  # degrees per frame; < 60 per sampled step
+    speed = rng.uniform(14.0, 22.0)  # degrees per frame; < 60 per sampled step
     # Image y points down, so a positive angle increment looks clockwise on screen.
     ang = angle0 + (speed if name == "rotate_cw" else -speed) * t
   elif name in ("grow", "shrink"):
-    small, big = rng.uniform(3.5, 5.5), rng.uniform(11.0, 14.0)
-    margin = 1.2 * big
+    small, big = rng.uniform(4.0, 6.0), rng.uniform(14.0, 17.0)
+    margin = 1.1 * big
     cx[:] = rng.uniform(margin, SIZE - margin)
     cy[:] = rng.uniform(margin, SIZE - margin)
     ramp = small * (big / small) ** (t / (n - 1))  # geometric: constant approach speed
     sc = ramp if name == "grow" else ramp[::-1]
   else:  # appear / disappear: a static shape switching on or off part-way
-    k = int(rng.integers(4, n - 3))
+    k = int(rng.integers(4, n - 3))  # the switch frame
     visible = t >= k if name == "appear" else t < k
   distractor = None
-  if rng.random() < 0.5:
+  if rng.random() < 0.3:
     distractor = (
       _SHAPES[int(rng.integers(len(_SHAPES)))],
       rng.uniform(8, SIZE - 8),
@@ -193,7 +195,8 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
       container.mux(packet)
 
 
-def generate(out: str, seed: int = 0, train_per_class: int = 24, val_per_class: int = 8) -> str:
+def generate(out: str, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
+             val_per_class: int = VAL_PER_CLASS) -> str:
   """Write the dataset into ``out`` (created); returns ``out``."""
   os.makedirs(out, exist_ok=True)
   for split_id, (split, per_class) in enumerate(
@@ -251,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--train-per-class", type=int, default=24)
-  parser.add_argument("--val-per-class", type=int, default=8)
+  parser.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
+  parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
   args = parser.parse_args(argv)
   generate(args.out, args.seed, args.train_per_class, args.val_per_class)
   print(f"wrote {args.out}")
