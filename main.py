@@ -7,6 +7,7 @@
   python main.py --mode forward --config configs/k400.py:b16_8x224         # random clip, top-5
   python main.py --mode predict --checkpoint DIR --input video.mp4 [--output preds.json]
   python main.py --mode extract --checkpoint DIR --input videos/ --output feats.npz
+  python main.py --mode plan --config configs/k400.py:l14_8x224_k710 --device_memory_gb 80
 
 Config keys are overridden with ``--config.key=value``; an unknown key is an error.
 """
@@ -33,6 +34,10 @@ flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy)
 flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
 flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.")
 flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
+flags.DEFINE_float("device_memory_gb", None, "plan: memory per device to fit (default: TPU HBM "
+                   "/ GPU bytes_limit / none on CPU).")
+flags.DEFINE_string("topology", None, "plan: TPU topology for AOT planning, e.g. v5e:2x2 "
+                    "(needs libtpu).")
 flags.DEFINE_enum("adapt", "resize", ["resize", "pos_embed"], "Crop size != model resolution: "
                   "resize the views, or interpolate the positional embedding.")
 FLAGS = flags.FLAGS
@@ -111,6 +116,11 @@ def main(argv) -> None:
   if mode == "forward":
     forward(config)
     return
+  if mode == "plan":
+    from uniformerv2_jax import plan
+
+    plan.main(config, device_memory_gb=FLAGS.device_memory_gb, topology=FLAGS.topology)
+    return
   if mode == "train":
     if not FLAGS.workdir:
       raise app.UsageError("--workdir is required for training")
@@ -133,7 +143,7 @@ def main(argv) -> None:
                              names=names, prefix="test")
     print(json.dumps(summary))
     return
-  raise app.UsageError(f"--mode {mode} is not implemented yet in this version")
+  raise app.UsageError(f"unknown --mode {mode}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,10 @@ def _pick_step(mngr: ocp.CheckpointManager, path, step: int | None) -> int:
 
 
 def _abstract(tree):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+  """Restore targets on this process's first device, whatever mesh wrote the checkpoint."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=device),
+                      tree)
 
 
 def load_checkpoint(directory: str | Path, *, step: int | None = None,

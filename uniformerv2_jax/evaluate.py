@@ -71,14 +71,13 @@ def _gather(x: np.ndarray) -> np.ndarray:
 def run_evaluation(eval_fn: Callable[[dict[str, np.ndarray]], Any],
                    batches: Iterable[Mapping[str, np.ndarray]], *, num_videos: int,
                    num_classes: int, views: int, progress=None) -> ViewAccumulator:
-  """Score every batch with ``eval_fn(batch) -> probabilities`` (a global or local array) and
-  accumulate. Host-side arrays of the batch (indices, labels, valid) are gathered across
-  processes alongside the probabilities."""
+  """Score every batch with ``eval_fn(local batch) -> probabilities of the global batch`` (the
+  processes' local batches concatenated in process order, as ``jax.Array``s placed from
+  process-local data are) and accumulate; the host-side arrays of the batch (indices, labels,
+  valid) are gathered across processes in the same order."""
   acc = ViewAccumulator(num_videos, num_classes, views)
   for batch in batches:
-    probs = eval_fn(batch)
-    probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True)) \
-      if jax.process_count() > 1 else np.asarray(probs)
+    probs = np.asarray(eval_fn(batch))
     acc.add(probs, _gather(batch["video_index"]), _gather(batch["view_index"]),
             _gather(batch["valid"]), _gather(batch["label"]))
     if progress is not None:

@@ -85,7 +85,6 @@ def make_train_step(graphdef, other, tx: optax.GradientTransformation, *,
       "top1": (logits.argmax(-1) == hard).mean(),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(params),
-      "update_norm": optax.tree.norm(updates),
     }
     ema = state.ema
     if ema is not None:
