@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   # tensor-parallel; the batch is split over data x fsdp.
   c.sharding_rules = ml_collections.ConfigDict(dict(
     batch=("data", "fsdp"), embed="fsdp", heads="tensor", mlp="tensor", classes="tensor"))
-  c.bn_sync = True  # BatchNorm statistics over the global batch (False: per-device, official)
+  c.bn_sync = True  # BatchNorm statistics over the global batch (False, per-device: not built yet)
   c.precision = "float32"  # float32 | bfloat16 (compute; params stay float32)
   c.remat_policy = "none"  # none | full | dots | dots_no_batch
   c.scan_layers = True

@@ -3,12 +3,10 @@ temporal reasoning); minutes on a laptop CPU.
 
   python main.py --config configs/demo.py --workdir demo_run
 
-Measured on a shared 2-core CPU (JAX CPU, float32): ~0.3-0.45 s/step at batch 16 (model step
-~0.13 s alone; the rest is clip decoding and the CPU being shared), ~25 s to compile; the
-default run (1200 steps, lr 1e-3) took 7m53s wall clock (incl. ~10 s data generation) and
-reached 89% val top-1 (37/76/85/89% at steps 300/600/900/1200); a 1000-step run reached 90%
-in 6m54s, so results vary by a few points on the 100 val clips. 1500 steps on a slightly
-earlier generator (rotations 10-16 deg/frame) reached 92% in 8m25s. lr 2e-3 did worse (88%).
+Measured (2-core CPU, quiet, float32, JAX CPU): the default run, dataset generation included,
+takes 5m29s wall clock (~0.19 s/step at batch 16, ~25 s compile) and reaches 94% validation
+top-1 (37/79/92/93/94% at steps 300/600/900/1200/1500). Under heavy load (a shared machine,
+load average 10-12) the same recipe ran at ~0.35 s/step and reached 89-92%.
 
 What makes it learn in minutes (the earlier 64x64 / patch 8 / width 96 / RandAugment recipe
 stayed at chance for 180 steps at 1-3 s/step):
