@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 
@@ -89,12 +90,12 @@ def write_results(workdir: str | Path, acc: ViewAccumulator, summary: dict[str, 
                   step: int, names: list[str] | None = None,
                   paths: list[str] | None = None, prefix: str = "eval") -> None:
   """``WORKDIR/eval_results.json`` (summary) and ``WORKDIR/eval_predictions.csv`` (per video)."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   summary = {**summary, "step": int(step)}
   (workdir / f"{prefix}_results.json").write_text(json.dumps(summary, indent=1))
   counted = acc.seen.any(1)
-  with open(workdir / f"{prefix}_predictions.csv", "w", newline="") as f:
+  with (workdir / f"{prefix}_predictions.csv").open("w") as f:
     w = csv.writer(f)
     w.writerow(["video_index", "path", "label", "prediction", "top5", "score", "views"])
     for v in np.nonzero(counted)[0]:

@@ -1,15 +1,18 @@
 """Training feedback: a console progress bar, TensorBoard scalars, a JSON-lines log and a PNG
-plot of the curves at the end (all in the workdir; only process 0 writes)."""
+plot of the curves at the end (all in the workdir; only process 0 writes). Files go through
+``etils.epath``, so a ``gs://`` workdir works where its filesystem is installed (``gcsfs``;
+TensorBoard events to ``gs://`` need ``google-cloud-storage``)."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 
 class MetricsWriter:
@@ -21,12 +24,13 @@ class MetricsWriter:
     self.bar = self.tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self.log_file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+    self.path = epath.Path(workdir)
+    self.path.mkdir(parents=True, exist_ok=True)
+    self.log_file = (self.path / "metrics.jsonl").open("a")
     try:
       from tensorboardX import SummaryWriter
 
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(str(self.path / "tensorboard"))
     except ImportError:  # pragma: no cover - tensorboardX is a requirement
       logging.warning("tensorboardX not installed: no TensorBoard events")
     from tqdm.auto import tqdm
@@ -98,5 +102,7 @@ class MetricsWriter:
     for ax in axes:
       ax.set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, "training_curves.png"), dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
+    (self.path / "training_curves.png").write_bytes(buf.getvalue())

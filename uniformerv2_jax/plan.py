@@ -67,16 +67,11 @@ _CHIP_CONFIG = {"v4": "megacore", "v5p": "megacore", "v5": "megacore"}
 
 # ----------------------------------------------------------------------------- abstract state
 def optim_config(config, steps_per_epoch: int = 1000) -> OptimConfig:
-  """The trainer's OptimConfig (as ``train.setup`` builds it); the schedule does not change the
-  compiled program's memory, so ``steps_per_epoch`` is arbitrary here."""
-  o = config.optim
-  cfg = train_lib.model_config(config)
-  return OptimConfig(base_lr=o.base_lr, steps_per_epoch=steps_per_epoch,
-                     epochs=max(float(config.epochs), 1.0), warmup_epochs=o.warmup_epochs,
-                     warmup_start_lr=o.warmup_start_lr, end_lr=o.end_lr,
-                     weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                     clip_norm=o.clip_norm or None, frozen_backbone=cfg.frozen,
-                     layer_decay=o.layer_decay or None, accumulate_steps=o.accumulate_steps)
+  """The trainer's OptimConfig; the schedule does not change the compiled program's memory, so
+  its length here is arbitrary."""
+  total = max(int(float(config.epochs) * steps_per_epoch), steps_per_epoch)
+  return train_lib.optim_config(config, steps_per_epoch, total,
+                                frozen=train_lib.model_config(config).frozen)
 
 
 def _concrete_small(tree):

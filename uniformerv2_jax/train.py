@@ -10,13 +10,13 @@ import math
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from uniformerv2_jax import checkpoint as ckpt_lib
@@ -24,9 +24,10 @@ from uniformerv2_jax import data as data_lib
 from uniformerv2_jax import evaluate as eval_lib
 from uniformerv2_jax import labels as labels_lib
 from uniformerv2_jax import sharding as shard_lib
+from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.metrics_writer import MetricsWriter
 from uniformerv2_jax.model import ModelConfig, create_model
-from uniformerv2_jax.optim import OptimConfig, make_optimizer
+from uniformerv2_jax.optim import OptimConfig, lr_schedule, make_optimizer
 from uniformerv2_jax.steps import (
   TrainState,
   init_train_state,
@@ -106,10 +107,7 @@ def initial_model(config, cfg: ModelConfig) -> nnx.Module:
   if not config.init_from:
     return create_model(cfg, seed=config.seed)
   src_cfg = ckpt_lib.config_from_json(ckpt_lib.read_config(config.init_from)["model"])
-  source = ckpt_lib.load_checkpoint(config.init_from)
-  from uniformerv2_jax.convert import flat_state
-
-  values = flat_state(source)
+  values = flat_state(ckpt_lib.load_checkpoint(config.init_from))
   head = [p for p in values if p[0] == "head"]
   if src_cfg.num_classes != cfg.num_classes or config.init_head == "new":
     if config.init_head == "slice" and src_cfg.num_classes >= cfg.num_classes:
@@ -160,6 +158,17 @@ def _rules(config) -> dict:
           for k, v in config.sharding_rules.to_dict().items()}
 
 
+def optim_config(config, steps_per_epoch: int, total_steps: int, *, frozen: bool) -> OptimConfig:
+  """The run's OptimConfig: the config's ``optim`` with the schedule's length in steps."""
+  o = config.optim
+  return OptimConfig(base_lr=o.base_lr, steps_per_epoch=steps_per_epoch,
+                     epochs=total_steps / steps_per_epoch, warmup_epochs=o.warmup_epochs,
+                     warmup_start_lr=o.warmup_start_lr, end_lr=o.end_lr,
+                     weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                     clip_norm=o.clip_norm or None, frozen_backbone=frozen,
+                     layer_decay=o.layer_decay or None, accumulate_steps=o.accumulate_steps)
+
+
 def setup(config, train_size: int) -> Run:
   if not config.bn_sync:
     # Refuse rather than silently synchronise: the per-device variant (the official runs' BN
@@ -177,16 +186,11 @@ def setup(config, train_size: int) -> Run:
   steps_per_epoch = max(train_size // config.batch_size, 1)
   total = config.total_steps if config.total_steps > 0 else \
     max(int(math.ceil(config.epochs * steps_per_epoch)), 1)
-  o = config.optim
-  oc = OptimConfig(base_lr=o.base_lr, steps_per_epoch=steps_per_epoch,
-                   epochs=total / steps_per_epoch, warmup_epochs=o.warmup_epochs,
-                   warmup_start_lr=o.warmup_start_lr, end_lr=o.end_lr,
-                   weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                   clip_norm=o.clip_norm or None, frozen_backbone=cfg.frozen,
-                   layer_decay=o.layer_decay or None, accumulate_steps=o.accumulate_steps)
+  oc = optim_config(config, steps_per_epoch, total, frozen=cfg.frozen)
   model = initial_model(config, cfg)
   tx = make_optimizer(oc, nnx.state(model, nnx.Param), num_layers=cfg.layers)
-  graphdef, other, state = init_train_state(model, tx, config.seed, ema=o.ema_decay > 0)
+  graphdef, other, state = init_train_state(model, tx, config.seed,
+                                           ema=config.optim.ema_decay > 0)
   shardings = state_shardings(state, mesh, rules)
   state = jax.device_put(state, shardings)
   return Run(config, cfg, mesh, rules, graphdef, other, state, shardings, tx, steps_per_epoch,
@@ -287,7 +291,7 @@ def config_json(config) -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (resuming from ``workdir`` when it has checkpoints), evaluating periodically."""
-  Path(workdir).mkdir(parents=True, exist_ok=True) if "://" not in workdir else None
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   train_src = make_source(config, "train")
   val_src = make_source(config, "val")
   names = labels_lib.load_labels(config, config.model.num_classes)
@@ -337,12 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary: dict[str, Any] = {}
   batch = first
   t_last, clips_since = time.time(), 0
-  from uniformerv2_jax.optim import lr_schedule
-
-  schedule = lr_schedule(OptimConfig(
-    base_lr=c.optim.base_lr, steps_per_epoch=run.steps_per_epoch,
-    epochs=run.total_steps / run.steps_per_epoch, warmup_epochs=c.optim.warmup_epochs,
-    warmup_start_lr=c.optim.warmup_start_lr, end_lr=c.optim.end_lr))
+  schedule = lr_schedule(optim_config(c, run.steps_per_epoch, run.total_steps,
+                                      frozen=cfg.frozen))
   step = start
   while step < run.total_steps:
     gb = shard_lib.global_batch(batch, run.mesh, run.rules)
