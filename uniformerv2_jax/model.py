@@ -55,7 +55,7 @@ class ModelConfig:
   drop_path_rate: float = 0.0
   mlp_dropout: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
   cls_dropout: float = 0.5
-  frozen: bool = False  # UNIFORMERV2.FROZEN (no `balance`; output = video token)
+  frozen: bool = False  # UNIFORMERV2.FROZEN: no `balance`, output = video token, backbone frozen
   # Implementation choices; none of them changes the numbers.
   scan_layers: bool = True
   remat_policy: str = "none"  # none | full | dots | dots_no_batch
@@ -698,6 +698,11 @@ class UniFormerV2(nnx.Module):
         inter[f"block_{i:02d}"] = outs[i - first]
     picks = [i - first for i in cfg.sorted_return_list]
     features = outs if picks == list(range(outs.shape[0])) else outs[jnp.asarray(picks)]
+    if cfg.frozen:
+      # FROZEN recipes never update the CLIP backbone: stop the backward pass at its outputs
+      # (about 2/3 of a training step's backward is skipped; the optimizer zeroes those
+      # parameters' updates anyway).
+      last, features = jax.lax.stop_gradient(last), jax.lax.stop_gradient(features)
     q, tokens = self._global_branch(features, train=train, key=k_global)
     if return_intermediates:
       for j in range(cfg.n_layers):
