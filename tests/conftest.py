@@ -1,5 +1,6 @@
 """Shared test setup: fixture paths and numerics."""
 
+import json
 import os
 from pathlib import Path
 
@@ -19,3 +20,11 @@ def fixtures_dir() -> Path:
   if not FIXTURES.is_dir():
     pytest.fail(f"fixtures not found at {FIXTURES} (set UNIFORMERV2_SHARED)")
   return FIXTURES
+
+
+def sampling_fixture(name: str) -> dict:
+  """A JSON file of ``fixtures/data_sampling`` (a missing fixture fails, it never skips)."""
+  path = FIXTURES / "data_sampling" / name
+  if not path.exists():
+    pytest.fail(f"fixture {path} not found (set UNIFORMERV2_SHARED)")
+  return json.loads(path.read_text())

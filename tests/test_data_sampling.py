@@ -1,25 +1,13 @@
 """Temporal sampling against the official index tables (shared/fixtures/data_sampling)."""
 
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import sampling_fixture
 from uniformerv2_jax.data import sampling
 
-SHARED = Path(
-  os.environ.get("UNIFORMERV2_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
-)
-FIX = SHARED / "fixtures" / "data_sampling"
-
-
-def _load(name):
-  path = FIX / name
-  if not path.exists():
-    pytest.skip(f"fixture {path} not found")
-  return json.loads(path.read_text())
+_load = sampling_fixture
 
 
 def test_kinetics_test_indices_exact():

@@ -1,26 +1,14 @@
 """Spatial transforms: official test crops, RandomResizedCrop, RandAugment, flip, mixup."""
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import sampling_fixture
 from uniformerv2_jax.data import transforms as T
 
-SHARED = Path(
-  os.environ.get("UNIFORMERV2_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
-)
-FIX = SHARED / "fixtures" / "data_sampling"
-
-
-def _load(name):
-  path = FIX / name
-  if not path.exists():
-    pytest.skip(f"fixture {path} not found")
-  return json.loads(path.read_text())
+_load = sampling_fixture
 
 
 def _coord_video(h, w):
@@ -269,7 +257,6 @@ def test_resize_uint8_to_matches_crop_resize():
 
 
 def test_cv2_backends_are_close():
-  pytest.importorskip("cv2")
   rng = np.random.default_rng(3)
   crop = rng.integers(0, 256, (2, 57, 81, 3), dtype=np.uint8)
   for flip in (False, True):
