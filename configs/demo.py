@@ -44,6 +44,7 @@ def get_config(arg: str = ""):
   c.dataset.kind = "demo"
   c.dataset.root = default_root()
   c.dataset.labels = "labels.txt"  # written by the generator, next to the list files
+  c.dataset.test_list = "val.csv"  # the demo has no separate test split (--mode eval uses it)
   c.batch_size = 16
   c.eval_batch_size = 16
   c.epochs = 30.0  # 800 clips / 16 = 50 steps an epoch: 1500 steps
