@@ -114,3 +114,16 @@ def test_wrapped_training_checkpoint_loads(tmp_path, state_dict):
              path)
   model = u.load_official(path, CFG)
   assert model.cfg.num_classes == 10
+
+
+def test_relative_checkpoint_directories_work(tmp_path, monkeypatch):
+  """Users pass relative workdirs (`--workdir demo_run`); Orbax itself needs absolute paths."""
+  from uniformerv2_jax.checkpoint import TrainCheckpointer, load_checkpoint, save_model
+
+  monkeypatch.chdir(tmp_path)
+  model = u.load_official(FIXTURES / "tiny_k400" / "model.npz", CFG)
+  save_model("rel_ckpt", model)
+  assert load_checkpoint("rel_ckpt").cfg == model.cfg
+  manager = TrainCheckpointer("run/checkpoints")
+  assert str(manager.directory) == str(tmp_path / "run" / "checkpoints")
+  manager.close()

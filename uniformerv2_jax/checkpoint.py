@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,16 @@ def config_from_json(d: dict[str, Any], **overrides) -> ModelConfig:
   return ModelConfig(**{**d, **overrides})
 
 
+def absolute(directory: str | Path) -> epath.Path:
+  """Orbax needs absolute paths: a relative local path is taken from the working directory
+  (``gs://...`` and other URLs are left as they are)."""
+  text = str(directory)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def resolve_directory(directory: str | Path) -> epath.Path:
   """A manager root; a training workdir is accepted and resolves to its ``checkpoints``."""
-  path = epath.Path(directory)
+  path = absolute(directory)
   if (path / "checkpoints").is_dir():
     path = path / "checkpoints"
   return path
@@ -66,7 +74,7 @@ def _pure(model: nnx.Module, kind) -> dict:
 def save_model(directory: str | Path, model: UniFormerV2, *, step: int = 0,
                extra_config: dict[str, Any] | None = None) -> Path:
   """Write ``model`` (params, BatchNorm statistics and its config) as an Orbax checkpoint."""
-  path = epath.Path(directory)
+  path = absolute(directory)
   config = {"model": config_to_json(model.cfg), "official": official_from_config(model.cfg)}
   config.update(extra_config or {})
   items = {"params": ocp.args.StandardSave(_pure(model, nnx.Param)),
@@ -171,7 +179,7 @@ class TrainCheckpointer:
     if keep_best:
       policies.append(cm.BestN(get_metric_fn=lambda m: m.get("top1", -1.0), n=1,
                                keep_checkpoints_without_metrics=False))
-    self.directory = epath.Path(directory)
+    self.directory = absolute(directory)
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
