@@ -14,7 +14,6 @@ The converter writes step 0. ``WORKDIR`` (a training run) resolves to ``WORKDIR/
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -155,10 +154,6 @@ def flatten_dict(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ..
     else:
       out[prefix + (str(k),)] = v
   return out
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-  epath.Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- training

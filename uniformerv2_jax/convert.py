@@ -313,23 +313,6 @@ def model_from_flax(flat: Mapping[tuple[str, ...], Any], cfg: ModelConfig, *,
     raise CheckpointError(str(e)) from None
 
 
-def load_state_dict_into(model: UniFormerV2, sd: Mapping[str, Any], *,
-                         allow_missing: bool = False, source: str = "checkpoint") -> list[str]:
-  """Load an official state dict into an existing model (strict unless ``allow_missing``)."""
-  sd = strip_prefix(sd)
-  flat = flax_from_torch(sd, model.cfg, allow_missing=allow_missing, source=source)
-  current = flat_state(model)
-  missing = [p for p in current if p not in flat]
-  state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-  updates = []
-  for path, var in nnx.to_flat_state(state):
-    key = tuple(str(k) for k in path)
-    if key in flat:
-      updates.append((path, var.replace(jnp.asarray(flat[key], var.get_value().dtype))))
-  nnx.update(model, nnx.from_flat_state(updates))
-  return ["/".join(p) for p in missing]
-
-
 # ----------------------------------------------------------------------------- file readers
 _WRAPPERS = ("model_state", "state_dict", "model")
 

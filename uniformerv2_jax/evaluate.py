@@ -27,7 +27,6 @@ class ViewAccumulator:
     self.scores = np.zeros((num_videos, num_classes), np.float64)
     self.seen = np.zeros((num_videos, views), bool)
     self.labels = np.full((num_videos,), -1, np.int64)
-    self.bad = np.zeros((num_videos,), bool)
 
   def add(self, probs: np.ndarray, video_index: np.ndarray, view_index: np.ndarray,
           valid: np.ndarray, labels: np.ndarray) -> None:
@@ -35,9 +34,7 @@ class ViewAccumulator:
       if v < 0 or v >= len(self.scores):
         continue  # padding beyond the last video
       if not ok:
-        # A bad video is reported by the pipeline with valid False on its views; padding
-        # repeats a real video with valid False too, so only mark it bad if never seen valid.
-        continue
+        continue  # a bad video's views (the pipeline counts it as skipped)
       if self.seen[v, w]:
         continue  # a view delivered twice (padding) counts once
       self.seen[v, w] = True

@@ -263,19 +263,11 @@ def read_clip(
   """
   kind = record["kind"]
   path = record.get("path", "<record>")
-  if kind == "video":
+  if kind in ("video", "encoded"):  # a file path, or the encoded bytes of an ArrayRecord
     return video_lib.read_video(
-      record["path"],
+      record["path"] if kind == "video" else record["data"],
       indices_for_length,
-      max_pixels=max_pixels,
-      seek_threshold=seek_threshold,
-      threads=decode_threads,
-    )
-  if kind == "encoded":
-    return video_lib.read_video(
-      record["data"],
-      indices_for_length,
-      label=path,
+      label=None if kind == "video" else path,
       max_pixels=max_pixels,
       seek_threshold=seek_threshold,
       threads=decode_threads,
