@@ -21,6 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from uniformerv2_jax.activation_sharding import batch_axes
 from uniformerv2_jax.model import STACKED
 
 AXES = ("data", "fsdp", "tensor")
@@ -142,9 +143,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, rules: Mapping[str, Any], ndim: int) -> NamedSharding:
-  axis = rules.get("batch", ("data", "fsdp"))
-  axis = tuple(axis) if isinstance(axis, (list, tuple)) else axis
-  return NamedSharding(mesh, P(axis, *([None] * (ndim - 1))))
+  return NamedSharding(mesh, P(batch_axes(rules), *([None] * (ndim - 1))))
 
 
 def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh,
@@ -155,6 +154,6 @@ def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh,
 
 
 def batch_divisor(mesh: Mesh, rules: Mapping[str, Any]) -> int:
-  axis = rules.get("batch", ("data", "fsdp"))
-  axes = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+  axes = batch_axes(rules)
+  axes = axes if isinstance(axes, tuple) else (axes,)
   return math.prod(mesh.shape[a] for a in axes)

@@ -8,6 +8,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from uniformerv2_jax.activation_sharding import activation_sharding
 
 
 @flax.struct.dataclass
@@ -61,11 +64,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def make_train_step(graphdef, other, tx: optax.GradientTransformation, *,
-                    label_smoothing: float = 0.0, ema_decay: float = 0.0):
+                    label_smoothing: float = 0.0, ema_decay: float = 0.0, mesh=None,
+                    rules: Mapping[str, Any] | None = None):
   """``train_step(state, batch) -> (state, metrics)``; ``batch`` has ``video`` ``[B,T,H,W,3]``
-  (float, normalised) and ``label`` (``[B]`` ints or ``[B, K]`` soft labels)."""
+  (float, normalised) and ``label`` (``[B]`` ints or ``[B, K]`` soft labels). With ``mesh``
+  (and the sharding ``rules``) the model's activations are pinned to the batch axes."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    with activation_sharding(mesh, rules or {}):
+      return _train_step(state, batch)
+
+  def _train_step(state: TrainState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
     def loss_fn(params):
@@ -96,12 +105,13 @@ def make_train_step(graphdef, other, tx: optax.GradientTransformation, *,
   return train_step
 
 
-def make_eval_step(graphdef, other):
+def make_eval_step(graphdef, other, *, mesh=None, rules: Mapping[str, Any] | None = None):
   """``eval_step(params, batch_stats, video) -> (probabilities [B, K], features [B, D])``."""
 
   def eval_step(params, batch_stats, video):
     model = merge_model(graphdef, params, batch_stats, other)
-    logits, fused = model(video, train=False, return_features=True)
+    with activation_sharding(mesh, rules or {}):
+      logits, fused = model(video, train=False, return_features=True)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), fused
 
   return eval_step

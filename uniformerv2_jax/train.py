@@ -223,7 +223,7 @@ def state_shardings(state: TrainState, mesh, rules):
 def compile_train_step(run: Run, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
   step = make_train_step(run.graphdef, run.other, run.tx,
                          label_smoothing=run.config.optim.label_smoothing,
-                         ema_decay=run.config.optim.ema_decay)
+                         ema_decay=run.config.optim.ema_decay, mesh=run.mesh, rules=run.rules)
   batch_sh = {k: shard_lib.batch_sharding(run.mesh, run.rules, len(v.shape))
               for k, v in batch_shapes.items()}
   return jax.jit(step, in_shardings=(run.state_shardings, batch_sh),
@@ -233,7 +233,7 @@ def compile_train_step(run: Run, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
 
 def eval_function(run: Run, use_ema: bool = False):
   """``fn(batch) -> probabilities`` on the mesh (global batch placed from local data)."""
-  step = jax.jit(make_eval_step(run.graphdef, run.other),
+  step = jax.jit(make_eval_step(run.graphdef, run.other, mesh=run.mesh, rules=run.rules),
                  out_shardings=shard_lib.replicated(run.mesh))
 
   def fn(batch):
@@ -386,9 +386,11 @@ def _ckpt_config(config, cfg: ModelConfig, names) -> dict[str, Any]:
           "train_config": config_json(config), "labels": names}
 
 
-def restore_params(run: Run, directory: str, step: int | None = None) -> int:
-  """Load a checkpoint's params/BatchNorm stats into ``run`` (for eval / predict)."""
-  model = ckpt_lib.load_checkpoint(directory, step=step)
+def restore_params(run: Run, directory: str, step: int | None = None,
+                   use_ema: bool = False) -> int:
+  """Load a checkpoint's params (its EMA params with ``use_ema``) and BatchNorm stats into
+  ``run`` (for eval / predict)."""
+  model = ckpt_lib.load_checkpoint(directory, step=step, use_ema=use_ema)
   _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
   run.state = run.state.replace(
     params=jax.device_put(params, run.state_shardings.params),
