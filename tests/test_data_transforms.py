@@ -273,3 +273,83 @@ def test_cv2_backends_are_close():
       b = T.apply_rand_augment_box(frames, ops, box, geometry="cv2").astype(int)
       d = np.abs(a - b)
       assert d.mean() < 1.5 and np.percentile(d, 99) <= 6, (name, box, d.mean(), d.max())
+
+
+# ----------------------------------------------------------------------------- exact NumPy ops
+def _pil_affine(frames, coeffs):
+  from PIL import Image
+
+  h, w = frames.shape[1:3]
+  return np.stack(
+    [
+      np.asarray(
+        Image.fromarray(f).transform(
+          (w, h), Image.Transform.AFFINE, coeffs, resample=T._RESAMPLE, fillcolor=T._FILL
+        )
+      )
+      for f in frames
+    ]
+  )
+
+
+def _noisy_texture(rng, h, w):
+  """Smooth texture with rows of noise: flat areas, hard edges and every grey level."""
+  frames = _textured(rng, t=2, h=h, w=w)
+  frames[:, ::5] = rng.integers(0, 256, frames[:, ::5].shape, dtype=np.uint8)
+  return frames
+
+
+def test_axis_ops_bit_identical_to_pil():
+  """Shear/Translate in NumPy equal PIL's bicubic affine exactly: full frames (direct call) and
+  crop boxes (against PIL on the full frame, cropped), random and extreme arguments."""
+  rng = np.random.default_rng(0)
+  cfg = T.RandAugmentConfig.parse("rand-m7-n4-mstd0.5-inc1")
+  for h, w in ((48, 70), (67, 41)):
+    frames = _noisy_texture(rng, h, w)
+    full = (0, 0, w, h)
+    for name in ("ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+      args = [T._level_to_arg(name, float(rng.uniform(0, 10)), s, cfg) for s in (0, 1) * 6]
+      args += [0.0, 0.3, -0.3] if name.startswith("Shear") else [0.45, -0.45, 3 / w, 0.0]
+      for arg in args:
+        coeffs = T._affine_coeffs(name, arg, w, h)
+        ref = _pil_affine(frames, coeffs)
+        np.testing.assert_array_equal(T._axis_affine(frames, full, coeffs, full, w, h), ref)
+        for top, left, bh, bw in _boxes(rng, h, w):
+          got = T.apply_rand_augment_box(frames, [(name, arg)], (top, left, bh, bw))
+          np.testing.assert_array_equal(got, ref[:, top : top + bh, left : left + bw])
+
+
+def test_rand_augment_box_exact_without_rotate():
+  """Random chains without Rotate (the one affine op still run by PIL on a rectangle) are
+  bit-identical to the full-frame official order, cropped."""
+  rng = np.random.default_rng(1)
+  cfg = T.RandAugmentConfig.parse("rand-m7-n4-mstd0.5-inc1")
+  frames = _noisy_texture(rng, 56, 96)
+  tested = 0
+  while tested < 60:
+    ops = T.sample_rand_augment(rng, cfg)
+    if any(name == "Rotate" for name, _ in ops):
+      continue
+    tested += 1
+    full = T.apply_rand_augment(frames, ops)
+    for top, left, h, w in list(_boxes(rng, 56, 96))[:4]:
+      got = T.apply_rand_augment_box(frames, ops, (top, left, h, w))
+      np.testing.assert_array_equal(got, full[:, top : top + h, left : left + w], str(ops))
+
+
+def test_cubic_gather_equals_slab_path():
+  """The per-tap gather (used when taps do not advance one per pixel) computes the same."""
+  rng = np.random.default_rng(2)
+  frames = _noisy_texture(rng, 30, 40)
+  for axis, size in ((2, 40), (1, 30)):
+    for shift in (-13.37, 0.25, 17.5):
+      ys, xs = np.mgrid[0:30, 0:40].astype(np.float64) + 0.5
+      pos = (xs if axis == 2 else ys) + shift + 0.1 * (ys if axis == 2 else xs)
+      ref = T._cubic_along(frames, pos, axis, 0, size)
+      inside = (pos >= 0) & (pos < size)
+      p = pos - 0.5
+      k = np.floor(p)
+      frac = np.repeat((p - k)[..., None], 3, axis=-1)
+      got = T._cubic_gather(frames, k.astype(np.int64) - 1, frac, inside, axis)
+      got[:, ~inside] = T._FILL
+      np.testing.assert_array_equal(got, ref)

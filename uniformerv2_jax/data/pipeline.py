@@ -80,11 +80,16 @@ class ReaderConfig:
   """How records are read; bad-data policy."""
 
   max_pixels: int = DEFAULT_MAX_PIXELS
-  seek_threshold: int | None = None  # frames; see benchmarks/data_speed.py before enabling
+  # In-order reader only (videos that are not H.264 in MP4, or selective_decode=False): seek to
+  # the keyframe before a wanted frame more than this many frames ahead.
+  seek_threshold: int | None = None
   max_retries: int = 10  # train: how many following records to try after a bad one
   # FFmpeg decoder threading for video records: "AUTO" (frame/slice threads: lowest latency in
-  # one process) or "NONE" (~15% less CPU per clip; better when workers fill every core).
+  # one process) or "NONE" (15-25% less CPU per clip; better when workers fill every core).
   decode_threads: str = "AUTO"
+  # H.264 in MP4: decode only what the sampled frames depend on (bit-identical frames; ~2x less
+  # decoding for 10 s Kinetics clips, see benchmarks/RESULTS.md). False: decode in order.
+  selective_decode: bool = True
 
 
 class _SkipLog:
@@ -144,6 +149,7 @@ class TrainLoad(grain.transforms.RandomMap):
           max_pixels=self.reader.max_pixels,
           seek_threshold=self.reader.seek_threshold,
           decode_threads=self.reader.decode_threads,
+          selective=self.reader.selective_decode,
         )
         # Repeated augmentation: one temporal draw and decode, independent spatial augs.
         videos = [
@@ -355,6 +361,7 @@ class EvalLoad(grain.transforms.Map):
         max_pixels=self.reader.max_pixels,
         seek_threshold=self.reader.seek_threshold,
         decode_threads=self.reader.decode_threads,
+        selective=self.reader.selective_decode,
       )
       value: tuple[np.ndarray | None, str | None] = (
         clip.frames.reshape(v_count, t, *clip.frames.shape[1:]),

@@ -1,11 +1,16 @@
 """Convert a list of videos into the project's ArrayRecord shards.
 
-Each record is a msgpack map (no pickle): ``path`` (as in the list file), ``label``, ``format``
-(``mp4`` or ``jpeg``), ``num_frames``, ``height``, ``width`` and either ``video`` (H.264 bytes of
-the whole re-encoded video) or ``frames`` (one JPEG per frame). Frames are resized so the short
-side is ``short_side`` (never upscaled), the usual storage form of Kinetics (320p); every frame
-is kept, so temporal sampling sees the original length L. ``jpeg`` shards are larger but decode
-only the sampled frames, which makes them the fastest training input.
+Each video is a msgpack map record (no pickle): ``path`` (as in the list file), ``label``,
+``format`` (``mp4`` or ``jpeg``), ``num_frames``, ``height``, ``width`` and, for ``mp4``, ``video``
+(H.264 bytes of the whole re-encoded video). For ``jpeg`` the map has ``frame_records`` (= the
+frame count) and each frame follows as its own record (the JPEG bytes), so that a clip reads
+only its 8 frames: reading a 300-frame video's JPEGs as one record took ~30 ms per clip. Frames
+are resized so the short side is ``short_side`` (never upscaled), the usual storage form of
+Kinetics (320p); every frame is kept, so temporal sampling sees the original length L. ``jpeg``
+shards are larger but decode only the sampled frames, which makes them the fastest training
+input. ``OUT/index.json`` lists, per shard, its record count and where each video's map record
+is (:class:`uniformerv2_jax.data.sources.ArrayRecordSource` reads it). Shards are written
+uncompressed: JPEG and H.264 payloads do not compress, and decompression cost read time.
 
 CLI::
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 from collections.abc import Iterator
 
@@ -88,7 +94,12 @@ def _all_frames(path: str) -> tuple[np.ndarray, float]:
   return clip.frames[: last + 1], fps
 
 
-def make_record(path: str, rel_path: str, label: int, short_side: int, fmt: str) -> bytes:
+INDEX_FILE = "index.json"
+INDEX_VERSION = 2
+
+
+def make_records(path: str, rel_path: str, label: int, short_side: int, fmt: str) -> list[bytes]:
+  """The records of one video: its map record, then (``jpeg``) one record per frame."""
   frames, fps = _all_frames(path)
   frames = _resize_short(frames, short_side)
   rec = {
@@ -101,11 +112,11 @@ def make_record(path: str, rel_path: str, label: int, short_side: int, fmt: str)
   }
   if fmt == "mp4":
     rec["video"] = encode_h264(frames, fps)
-  elif fmt == "jpeg":
-    rec["frames"] = encode_jpegs(frames)
-  else:
-    raise ValueError(f"format must be 'mp4' or 'jpeg', got {fmt!r}")
-  return encode_record(rec)
+    return [encode_record(rec)]
+  if fmt == "jpeg":
+    rec["frame_records"] = len(frames)
+    return [encode_record(rec), *encode_jpegs(frames)]
+  raise ValueError(f"format must be 'mp4' or 'jpeg', got {fmt!r}")
 
 
 def _chunks(n: int, size: int) -> Iterator[range]:
@@ -124,28 +135,40 @@ def prepare(
   num_classes: int | None = None,
   sep: str = ",",
 ) -> list[str]:
-  """Write ``OUT/data-XXXXX-of-YYYYY.array_record`` shards; returns their paths."""
+  """Write ``OUT/data-XXXXX-of-YYYYY.array_record`` shards and ``OUT/index.json``; returns the
+  shard paths."""
   source = VideoListSource(list_file, prefix, num_classes=num_classes, sep=sep)
   os.makedirs(out, exist_ok=True)
   rel = [os.path.relpath(r["path"], prefix) if prefix else r["path"] for r in source.records]
   chunks = list(_chunks(len(source), records_per_shard))
-  paths, skipped = [], []
+  paths, skipped, shards = [], [], []
   for k, chunk in enumerate(chunks):
-    path = os.path.join(out, f"data-{k:05d}-of-{len(chunks):05d}.array_record")
-    writer = ArrayRecordWriter(path, "group_size:1")
+    name = f"data-{k:05d}-of-{len(chunks):05d}.array_record"
+    path = os.path.join(out, name)
+    # group_size 1: every record is read on its own (random access).
+    writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
+    count, videos = 0, []
     try:
       for i in chunk:
         rec = source[i]
         try:
-          writer.write(make_record(rec["path"], rel[i], rec["label"], short_side, fmt))
+          records = make_records(rec["path"], rel[i], rec["label"], short_side, fmt)
         except (DecodeError, av.FFmpegError, OSError, ValueError) as e:
           logging.warning("prepare: skipping %s: %s", rec["path"], e)
           skipped.append(f"{rel[i]}\t{e}\n")
+          continue
+        videos.append(count)
+        for r in records:
+          writer.write(r)
+        count += len(records)
     finally:
       writer.close()
     paths.append(path)
+    shards.append({"name": name, "num_records": count, "videos": videos})
   with open(os.path.join(out, "skipped.txt"), "w") as f:
     f.writelines(skipped)
+  with open(os.path.join(out, INDEX_FILE), "w") as f:
+    json.dump({"version": INDEX_VERSION, "shards": shards}, f)
   return paths
 
 

@@ -6,13 +6,15 @@ A record names where a video's frames are and its label. Kinds:
 - ``frames``: a folder of numbered images (SSv2 label files ``folder num_frames label``);
 - ``array``: frames already decoded in memory (TFDS ``Video`` features);
 - ``encoded``: video bytes (TFDS encoded video, or the project ArrayRecord format with mp4);
-- ``jpegs``: a list of JPEG byte strings (project ArrayRecord format with jpeg).
+- ``jpegs``: a sequence of JPEG byte strings (project ArrayRecord format with jpeg: read lazily,
+  one record per frame).
 
 :func:`read_clip` turns any record plus a sampling rule into decoded uint8 frames.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -210,7 +212,13 @@ def decode_record(data: bytes) -> Record:
 
 
 class ArrayRecordSource:
-  """Shards written by :mod:`uniformerv2_jax.data.prepare` (``*.array_record``)."""
+  """Shards written by :mod:`uniformerv2_jax.data.prepare` (``*.array_record``).
+
+  With the ``index.json`` that ``prepare`` writes next to the shards, only the video map records
+  are videos and a ``jpeg`` video's frames are read one record each, on demand (the record's
+  ``frames`` is a lazy sequence). Shards without an index (written before it existed) hold one
+  record per video with every frame inside.
+  """
 
   def __init__(self, paths: str | Sequence[str]):
     import grain
@@ -225,12 +233,14 @@ class ArrayRecordSource:
       raise FileNotFoundError("no .array_record shards given")
     self.paths = list(paths)
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    self._videos = _video_records(self.paths)
 
   def __len__(self) -> int:
-    return len(self._source)
+    return len(self._source) if self._videos is None else len(self._videos)
 
   def __getitem__(self, index: int) -> Record:
-    rec = decode_record(self._source[index])
+    at = index if self._videos is None else self._videos[index]
+    rec = decode_record(self._source[at])
     if rec["format"] == "mp4":
       return {
         "kind": "encoded",
@@ -238,13 +248,53 @@ class ArrayRecordSource:
         "label": rec["label"],
         "path": rec["path"],
       }
+    frames = rec["frames"] if "frames" in rec else _FrameRecords(self._source, at + 1, rec)
     return {
       "kind": "jpegs",
-      "frames": rec["frames"],
+      "frames": frames,
       "label": rec["label"],
       "path": rec["path"],
       "bgr": False,
     }
+
+
+def _video_records(paths: Sequence[str]) -> list[int] | None:
+  """Global record index of every video's map record, from ``index.json``; None without one."""
+  from uniformerv2_jax.data.prepare import INDEX_FILE, INDEX_VERSION
+
+  index_path = os.path.join(os.path.dirname(os.path.abspath(paths[0])), INDEX_FILE)
+  if not os.path.isfile(index_path):
+    return None
+  with open(index_path, encoding="utf-8") as f:
+    index = json.load(f)
+  if index.get("version") != INDEX_VERSION:
+    raise ValueError(f"{index_path}: index version {index.get('version')} != {INDEX_VERSION}")
+  shards = {s["name"]: s for s in index["shards"]}
+  videos, offset = [], 0
+  for path in paths:  # the order grain concatenates the shards in
+    shard = shards.get(os.path.basename(path))
+    if shard is None:
+      raise ValueError(f"{path} is not listed in {index_path}")
+    videos.extend(offset + v for v in shard["videos"])
+    offset += shard["num_records"]
+  return videos
+
+
+class _FrameRecords(Sequence):
+  """The JPEG frames of one video, one ArrayRecord read per frame asked for."""
+
+  def __init__(self, source: Any, first: int, rec: Record):
+    self.source, self.first, self.count = source, first, int(rec["frame_records"])
+
+  def __len__(self) -> int:
+    return self.count
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(self.count))]
+    if not -self.count <= i < self.count:
+      raise IndexError(i)
+    return self.source[self.first + (i % self.count)]
 
 
 # ----------------------------------------------------------------------------- reading frames
@@ -255,11 +305,14 @@ def read_clip(
   max_pixels: int = video_lib.DEFAULT_MAX_PIXELS,
   seek_threshold: int | None = None,
   decode_threads: str = "AUTO",
+  selective: bool = True,
 ) -> Clip:
   """Decode the frames ``indices_for_length(L)`` (0-based positions) of any record kind.
 
   ``decode_threads``: FFmpeg ``thread_type`` for video records ('AUTO' default; 'NONE' costs
-  ~15% less CPU per clip, the better choice when worker processes already fill every core).
+  ~15-25% less CPU per clip, the better choice when worker processes already fill every core).
+  ``selective``: read H.264-in-MP4 video records selectively (bit-identical; see
+  :func:`uniformerv2_jax.data.video.read_video`).
   """
   kind = record["kind"]
   path = record.get("path", "<record>")
@@ -271,6 +324,7 @@ def read_clip(
       max_pixels=max_pixels,
       seek_threshold=seek_threshold,
       threads=decode_threads,
+      selective=selective,
     )
   if kind == "frames":
     length = int(record["num_frames"])

@@ -7,18 +7,20 @@ we crop/resize first and normalise the (smaller) output: identical up to float r
 lets ``output='uint8'`` defer normalisation to the accelerator.
 
 Training speed (``TrainAugConfig.impl="fast"``, the default): RandAugment is evaluated only on
-the pixels the RandomResizedCrop box needs (:func:`apply_rand_augment_box`; equal to the
-full-frame result up to rare one-level rounding ties) and the crop is resized, flipped and
-normalised in one pass (:func:`resize_uint8_to`, NumPy or OpenCV). ``impl="reference"`` keeps the
-literal official order. ``geometry="cv2"`` is the only option that changes the augmentation
-measurably (OpenCV's bicubic for the affine ops); see ``benchmarks/data_speed.py`` for numbers.
+the pixels the RandomResizedCrop box needs (:func:`apply_rand_augment_box`; bit-identical to the
+full-frame result except for rare one-level rounding ties after Rotate), Shear/Translate run as
+exact NumPy re-implementations of PIL's bicubic (:func:`_axis_affine`), and the crop is resized,
+flipped and normalised in one pass (:func:`resize_uint8_to`, NumPy or OpenCV).
+``impl="reference"`` keeps the literal official order. ``geometry="cv2"`` is the only option
+that changes the augmentation measurably (OpenCV's bicubic for the affine ops); see
+``benchmarks/data_speed.py`` and ``benchmarks/RESULTS.md`` for numbers.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,10 +226,11 @@ def apply_rand_augment(frames: np.ndarray, ops: RandAugmentOps) -> np.ndarray:
 # and the affine ops (Rotate/Shear/Translate) by sampling their output only on the rectangle
 # that the next step needs, from an input rectangle that holds every bicubic tap. Rectangles
 # that touch the frame edge keep PIL's edge handling (fill test, clamping, copied borders), so
-# the result equals the full-frame result cropped, up to floating-point rounding of the shifted
-# affine coefficients: PIL's bicubic can land on exact x.5 ties at rational positions (e.g. shear
-# 0.2, every 5th row) and the last-ulp change tips some of them by one grey level (a later
-# Sharpness can make it 2); about 1e-5 of the values (tests/test_data_transforms.py).
+# the result equals the full-frame result cropped. Shear/Translate compute their sample positions
+# in full-frame coordinates (bit-identical, see _axis_affine). Rotate runs PIL on the rectangle
+# with shifted coefficients, whose last-ulp rounding can move a value that lands exactly on an
+# integer by one grey level (a later Sharpness can make it 2): about 1e-5 of the values when
+# Rotate is drawn (tests/test_data_transforms.py).
 _GLOBAL_OPS = frozenset({"AutoContrast", "Equalize", "ContrastIncreasing"})
 _AFFINE_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"})
 
@@ -305,6 +308,164 @@ def _apply_affine_rect(
   return img.transform(size, Image.Transform.AFFINE, local, resample=_RESAMPLE, fillcolor=_FILL)
 
 
+# RandAugment's Shear/Translate ops move pixels along one axis only. For them PIL's bicubic
+# affine (Geometry.c: map (x + 0.5, y + 0.5) through the matrix, outside the frame -> fill, else
+# 4x4 cubic convolution with a = -1, edge-clamped taps, Horner form in double, then clip and
+# truncate) has an exact zero offset on the other axis, where its cubic returns the centre tap
+# unchanged. What remains is a 1-D cubic per output pixel, which NumPy evaluates with the same
+# double arithmetic in the same order: bit-identical to PIL (tests/test_data_transforms.py), and
+# several times faster because PIL spends most of its time on the 12 taps that do not matter.
+# Coordinates are computed in full-frame terms, so the box evaluation equals PIL on the full
+# frame exactly (no re-rounding of shifted coefficients).
+_AXIS_OPS = frozenset({"ShearX", "ShearY", "TranslateXRel", "TranslateYRel"})
+
+
+def _axis_affine(
+  src: np.ndarray, have: Rect, coeffs: tuple[float, ...], need: Rect, w: int, h: int
+) -> np.ndarray:
+  """The ``need`` rectangle of PIL's full-frame bicubic affine output (fill 128) for a matrix
+  that moves pixels along x only (``d, e, f = 0, 1, 0``) or y only (``a, b, c = 1, 0, 0``),
+  computed from ``src``, the ``have`` rectangle of the input. uint8 ``[T, h', w', 3]``."""
+  a, b, c, d, e, f = coeffs
+  xs = np.arange(need[0], need[2], dtype=np.float64) + 0.5
+  ys = np.arange(need[1], need[3], dtype=np.float64)[:, None] + 0.5
+  if (d, e, f) == (0, 1, 0):  # along x; PIL's y map is exactly y + 0.5, its dy exactly 0
+    pos = a * xs + b * ys + c  # [h', w'], PIL's order: (a x + b y) + c
+    rows = src[:, need[1] - have[1] : need[3] - have[1]]
+    return _cubic_along(rows, pos, 2, have[0], w)
+  if (a, b, c) != (1, 0, 0):
+    raise ValueError(f"not a one-axis affine map: {coeffs}")
+  pos = d * xs + e * ys + f  # along y; PIL's dx is exactly 0
+  cols = src[:, :, need[0] - have[0] : need[2] - have[0]]
+  return _cubic_along(cols, pos, 1, have[1], h)
+
+
+def _clamped_range(arr: np.ndarray, start: int, count: int, axis: int) -> np.ndarray:
+  """Indices ``start .. start + count - 1`` of ``arr`` along ``axis``, clamped to the valid range
+  (edge replication), built from slices: a view when nothing is clamped."""
+  size = arr.shape[axis]
+
+  def along(lo: int, hi: int) -> tuple:
+    return (slice(None),) * axis + (slice(lo, hi),)
+
+  if start >= 0 and start + count <= size:
+    return arr[along(start, start + count)]
+  shape = list(arr.shape)
+  shape[axis] = count
+  out = np.empty(shape, arr.dtype)
+  lead = min(count, max(0, -start))  # positions clamped to index 0
+  lo, hi = max(start, 0), min(start + count, size)  # the part inside
+  mid = max(0, hi - lo)
+  if lead:
+    out[along(0, lead)] = arr[along(0, 1)]
+  if mid:
+    out[along(lead, lead + mid)] = arr[along(lo, hi)]
+  if lead + mid < count:
+    out[along(lead + mid, count)] = arr[along(size - 1, size)]
+  return out
+
+
+def _cubic_along(src: np.ndarray, pos: np.ndarray, axis: int, off: int, size: int) -> np.ndarray:
+  """PIL's bicubic along ``axis`` (1: y, 2: x) of uint8 ``src`` [T, h', w', 3] (``src`` already
+  holds the output's lines; along ``axis`` its index 0 is frame coordinate ``off``) at PIL's
+  mapped coordinates ``pos`` [h', w'] (before its -0.5); the frame is ``size`` long on that axis.
+  """
+  t, nc = src.shape[0], src.shape[3]
+  out = np.full((t, *pos.shape, nc), _FILL[0], np.uint8)
+  inside = (pos >= 0.0) & (pos < size)
+  # Only the bounding rectangle of the pixels that sample inside the frame is computed (a large
+  # translation leaves much of the output as fill).
+  rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+  if len(rows) == 0:
+    return out
+  r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+  pos, inside = pos[r0:r1, c0:c1], inside[r0:r1, c0:c1]
+  src = src[:, r0:r1] if axis == 2 else src[:, :, c0:c1]
+  p = pos - 0.5
+  k = np.floor(p)
+  # The same double as PIL's dx (or dy), repeated over channels so that the float64 operations
+  # run on equal-shaped contiguous arrays (broadcasting a size-1 last axis is 2x slower).
+  frac = np.repeat((p - k)[..., None], nc, axis=-1)
+  # First of the 4 taps, in ``src`` coordinates. Clamping to ``src`` is PIL's clamping to the
+  # frame: ``src`` reaches the frame edge wherever a tap of an inside pixel would leave it, and
+  # taps of fill pixels are never used.
+  first = k.astype(np.int64) - 1 - off
+  first_l = first if axis == 2 else first.T  # [lines, n]: the moving axis last
+  lines, n = first_l.shape
+  # Tap j of output pixel i on a line is ext[i + j] of an extended line when the first tap
+  # advances by one per pixel: always, except rounding exactly at an integer (checked).
+  if not np.all(first_l - first_l[:, :1] == np.arange(n)):
+    part = _cubic_gather(src, first, frac, inside, axis)
+  else:
+    starts = first_l[:, 0].tolist()
+    # Lines with the same first tap (all of them for Translate, runs of lines for Shear) share
+    # one slab of ``src``: slices, no per-pixel gather.
+    edges = [0, *(np.flatnonzero(np.diff(first_l[:, 0])) + 1).tolist(), lines]
+    if len(edges) == 2:
+      ext = _clamped_range(src, starts[0], n + 3, axis)
+    else:
+      shape = list(src.shape)
+      shape[axis] = n + 3
+      ext = np.empty(shape, np.uint8)
+      line_axis = 3 - axis
+      for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (slice(None),) * line_axis + (slice(lo, hi),)
+        ext[sel] = _clamped_range(src[sel], starts[lo], n + 3, axis)
+    part = np.empty((t, *pos.shape, nc), np.uint8)
+    for s in range(t):  # one frame at a time keeps the float64 temporaries in cache
+      e = ext[s]
+      taps = [e[:, j : j + n] for j in range(4)] if axis == 2 else [e[j : j + n] for j in range(4)]
+      part[s] = _horner(taps, frac, inside)
+  out[:, r0:r1, c0:c1] = part
+  return out
+
+
+def _cubic_gather(
+  src: np.ndarray, first: np.ndarray, frac: np.ndarray, inside: np.ndarray, axis: int
+) -> np.ndarray:
+  """:func:`_cubic_along` with every tap gathered on its own (for lines whose taps do not
+  advance by one per pixel)."""
+  last = src.shape[axis] - 1
+  rows = np.arange(first.shape[0])[:, None]
+  cols = np.arange(first.shape[1])[None, :]
+  taps = []
+  for j in range(4):
+    idx = np.clip(first + j, 0, last)
+    taps.append(src[:, rows, idx] if axis == 2 else src[:, idx, cols])
+  out = np.empty(src.shape[:1] + first.shape + src.shape[3:], np.uint8)
+  for s in range(len(src)):
+    out[s] = _horner([tap[s] for tap in taps], frac, inside)
+  return out
+
+
+def _horner(v: list[np.ndarray], frac: np.ndarray, inside: np.ndarray) -> np.ndarray:
+  """PIL's BICUBIC macro on uint8 taps v1..v4 at offset ``frac``, clipped and truncated to
+  uint8 like bicubic_filter32RGB; pixels where ``inside`` (the taps' leading shape) is False
+  get the fill colour."""
+  v1, v2, v3, v4 = v
+  i16 = np.int16
+  # p2..p4 are exact integers (PIL computes them in int from the uint8 taps).
+  p3 = np.subtract(v1, v2, dtype=i16)
+  p3 *= 2
+  p3 += v3
+  p3 -= v4
+  p4 = np.subtract(v2, v1, dtype=i16)
+  p4 -= v3
+  p4 += v4
+  acc = p4.astype(np.float64)  # float64 from here on: PIL's operations in PIL's order
+  acc *= frac
+  acc += p3
+  acc *= frac
+  acc += np.subtract(v3, v1, dtype=i16)  # p2
+  acc *= frac
+  acc += v2  # p1
+  np.clip(acc, 0.0, 255.0, out=acc)
+  res = acc.astype(np.uint8)  # truncation, like PIL's (UINT8) cast
+  if not inside.all():
+    res[~inside] = _FILL
+  return res
+
+
 def _cv2():
   """OpenCV if installed (optional speed-up, not a dependency), else None."""
   try:
@@ -325,7 +486,7 @@ class _Cv2Affine:
   """Approximation of one PIL bicubic affine op on a rectangle with ``cv2.warpAffine``.
 
   Same inverse map, same taps, PIL's clamping (BORDER_REPLICATE) and PIL's fill rule (sample
-  position outside the frame -> 128), but OpenCV's cubic kernel (a = -0.75, PIL: a = -0.5) and
+  position outside the frame -> 128), but OpenCV's cubic kernel (a = -0.75, PIL: a = -1) and
   its fixed-point arithmetic (1/32-pixel positions, integer weights). The size of the
   difference is measured in tests/test_data_transforms.py and benchmarks/data_speed.py.
   """
@@ -370,8 +531,10 @@ def apply_rand_augment_box(
   """``apply_rand_augment(frames, ops)[:, top:top+h, left:left+w]``, computing only what the box
   needs (see the comment above ``_GLOBAL_OPS``).
 
-  ``geometry="cv2"`` runs the affine ops with OpenCV instead of PIL (several times faster; not
-  bit-exact, see :class:`_Cv2Affine`). Everything else is PIL, as in the official code.
+  Shear/Translate run as exact NumPy versions of PIL's bicubic affine (:func:`_axis_affine`),
+  everything else with PIL, as in the official code. ``geometry="cv2"`` runs all affine ops with
+  OpenCV instead (not bit-exact, see :class:`_Cv2Affine`; since the NumPy Shear/Translate it only
+  speeds up Rotate).
   """
   if geometry not in ("pil", "cv2"):
     raise ValueError(f"geometry must be 'pil' or 'cv2', got {geometry!r}")
@@ -388,30 +551,46 @@ def apply_rand_augment_box(
     rects.append(_input_rect(name, arg, rects[-1], fw, fh))
   rects.reverse()  # rects[k]: input of rect_ops[k]; rects[-1]: the box
 
-  def plan(name: str, arg: float, have: Rect, need: Rect):
-    """A per-frame callable for one op (set up once per clip)."""
+  def plan(name: str, arg: float, have: Rect, need: Rect) -> tuple[bool, Callable]:
+    """(whole-clip array step?, callable) for one op, set up once per clip. Array steps take and
+    return uint8 ``[T, h, w, 3]``; the others take and return one PIL image."""
     if name in _AFFINE_OPS and _region_safe(name, arg):
       coeffs = _affine_coeffs(name, arg, fw, fh)
       if coeffs is not None and geometry == "cv2":
-        return _Cv2Affine(coeffs, have, need, fw, fh)
-      return lambda img: _apply_affine_rect(img, have, name, arg, need, fw, fh)
+        return False, _Cv2Affine(coeffs, have, need, fw, fh)
+      if coeffs is not None and name in _AXIS_OPS:
+        return True, lambda x: _axis_affine(x, have, coeffs, need, fw, fh)
+      return False, lambda img: _apply_affine_rect(img, have, name, arg, need, fw, fh)
     crop = (need[0] - have[0], need[1] - have[1], need[2] - have[0], need[3] - have[1])
     if need == have:
-      return lambda img: _apply_op(img, name, arg)
-    return lambda img: _apply_op(img, name, arg).crop(crop)
+      return False, lambda img: _apply_op(img, name, arg)
+    return False, lambda img: _apply_op(img, name, arg).crop(crop)
 
   steps = [plan(name, arg, full, full) for name, arg in full_ops]
   if full_ops and rects[0] != full:
-    steps.append(lambda img: img.crop(rects[0]))
+    cx0, cy0, cx1, cy1 = rects[0]
+    steps.append((True, lambda x: x[:, cy0:cy1, cx0:cx1]))
   steps += [plan(name, arg, rects[k], rects[k + 1]) for k, (name, arg) in enumerate(rect_ops)]
   x0, y0, x1, y1 = full if full_ops else rects[0]
-  out = np.empty((len(frames), bh, bw, 3), np.uint8)
-  for t, frame in enumerate(frames):
-    img = Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
-    for step in steps:
-      img = step(img)
-    out[t] = np.asarray(img)
-  return out
+  clip = frames[:, y0:y1, x0:x1]
+  k = 0
+  while k < len(steps):
+    if steps[k][0]:
+      clip = steps[k][1](clip)
+      k += 1
+      continue
+    run = []  # consecutive PIL steps: one conversion per frame for all of them
+    while k < len(steps) and not steps[k][0]:
+      run.append(steps[k][1])
+      k += 1
+    outs = []
+    for frame in clip:
+      img = Image.fromarray(np.ascontiguousarray(frame))
+      for step in run:
+        img = step(img)
+      outs.append(np.asarray(img))
+    clip = np.stack(outs)
+  return np.ascontiguousarray(clip)
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -702,9 +881,10 @@ class TrainAugConfig:
   # fast impl only. Resize of the crop: "numpy", "cv2" or "auto" (cv2 if installed); the
   # backends agree to < 2e-4 after normalisation (float rounding level).
   resize_backend: str = "auto"
-  # fast impl only. RandAugment's affine ops (Rotate/Shear/Translate): "pil" (exact, official)
-  # or "cv2" (needs OpenCV; ~5x faster, bicubic kernel a=-0.75 instead of PIL's -0.5: a small,
-  # measured deviation from the official augmentation -- see apply_rand_augment_box).
+  # fast impl only. RandAugment's affine ops (Rotate/Shear/Translate): "pil" (exact, official;
+  # Shear/Translate in exact NumPy) or "cv2" (approximate, needs OpenCV; cubic kernel a=-0.75
+  # instead of PIL's a=-1: a small, measured deviation from the official augmentation -- see
+  # apply_rand_augment_box; it now only makes Rotate faster).
   geometry: str = "pil"
 
 
