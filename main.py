@@ -28,12 +28,14 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "forward", "predict", "extr
                   "What to do.")
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir (eval/predict/extract/forward).")
 flags.DEFINE_integer("topk", 5, "Classes to print per video (forward/predict).")
-flags.DEFINE_string("input", None, "predict/extract: a video file, a folder of videos or a list "
-                    "file.")
+flags.DEFINE_string("input", None, "predict/extract: a video file, a folder of frame images (one "
+                    "video), a folder of videos / frame folders, or a list file.")
 flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy) file.")
 flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
 flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.")
 flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
+flags.DEFINE_bool("use_ema", False, "eval/predict/extract: the checkpoint's EMA weights (written "
+                  "by runs with --config.optim.ema_decay > 0) instead of the raw parameters.")
 flags.DEFINE_float("device_memory_gb", None, "plan: memory per device to fit (default: TPU HBM "
                    "/ GPU bytes_limit / none on CPU).")
 flags.DEFINE_string("topology", None, "plan: TPU topology for AOT planning, e.g. v5e:2x2 "
@@ -89,13 +91,15 @@ def predict_or_extract(config) -> None:
     if FLAGS.mode == "predict":
       predict.predict_videos(FLAGS.checkpoint, FLAGS.input, config=config, topk=FLAGS.topk,
                              output=FLAGS.output, labels=FLAGS.labels,
-                             batch_size=FLAGS.batch_size, adapt=FLAGS.adapt)
+                             batch_size=FLAGS.batch_size, adapt=FLAGS.adapt,
+                             use_ema=FLAGS.use_ema)
     else:
       if not FLAGS.output:
         raise app.UsageError("--mode extract needs --output FILE.npz")
       predict.extract_features(FLAGS.checkpoint, FLAGS.input, config=config,
                                output=FLAGS.output, extract_all=FLAGS.extract_all,
-                               batch_size=FLAGS.batch_size, adapt=FLAGS.adapt)
+                               batch_size=FLAGS.batch_size, adapt=FLAGS.adapt,
+                               use_ema=FLAGS.use_ema)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
 
@@ -137,7 +141,12 @@ def main(argv) -> None:
       raise app.UsageError("--checkpoint (or --workdir of a run) is required for eval")
     test_src = train.make_source(config, "test")
     run = train.setup(config, train_size=1)
-    step = train.restore_params(run, directory)
+    from uniformerv2_jax.checkpoint import NoEmaError
+
+    try:
+      step = train.restore_params(run, directory, use_ema=FLAGS.use_ema)
+    except NoEmaError as e:
+      raise app.UsageError(str(e)) from None
     names = train.labels_lib.load_labels(config, config.model.num_classes)
     summary = train.evaluate(run, test_src, workdir=FLAGS.workdir or directory, step=step,
                              names=names, prefix="test")

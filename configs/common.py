@@ -20,7 +20,7 @@ DATASETS = {
   "k400": dict(kind="video_list", labels="kinetics400"),
   "k600": dict(kind="video_list", labels="kinetics600"),
   "k700": dict(kind="video_list", labels="kinetics700"),
-  "k710": dict(kind="video_list", labels=""),
+  "k710": dict(kind="video_list", labels="kinetics710"),
   "mit": dict(kind="video_list", labels="mit"),
   "sthv1": dict(kind="frame_folders", labels=""),
   "sthv2": dict(kind="frame_folders", labels="sthv2"),

@@ -12,13 +12,16 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from configs import common
 from tests.conftest import FIXTURES
 from uniformerv2_jax import checkpoint, load_official, predict
+from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.data import EvalConfig, SamplingConfig, read_clip
 from uniformerv2_jax.data.demo_dataset import write_mp4
 from uniformerv2_jax.data.transforms import eval_view
+from uniformerv2_jax.model import create_model
 
 # name: (height, width, frames, fps)
 VIDEOS = {"a.mp4": (96, 128, 40, 30), "b.mp4": (150, 200, 5, 10), "c.mp4": (128, 96, 17, 10)}
@@ -182,3 +185,169 @@ def test_find_videos(tmp_path):
                                            str(tmp_path / "missing.mp4")]
   with pytest.raises(FileNotFoundError):
     predict.find_videos(str(tmp_path / "nope"))
+
+
+# ----------------------------------------------------------------------------- frame folders
+def _write_frames(folder, frames, names):
+  folder.mkdir(parents=True)
+  for f, name in zip(frames, names, strict=True):
+    Image.fromarray(f).save(folder / name)
+
+
+@pytest.fixture(scope="module")
+def frame_folders(setup):
+  """Two frame-folder videos: SSv2-style ``img_00001.jpg ...`` (20 frames) and PNGs whose
+  unpadded numbers only sort right naturally (``f_2`` before ``f_10``; 12 frames)."""
+  root = setup["root"] / "frames"
+  _write_frames(root / "clip1", _frames(72, 96, 20, 11), [f"img_{i:05d}.jpg" for i in range(1, 21)])
+  _write_frames(root / "clip2", _frames(64, 80, 12, 12), [f"f_{i}.png" for i in range(1, 13)])
+  (root / "clip1" / "notes.txt").write_text("not a frame")
+  return root
+
+
+def _frame_views(folder, template, length, clips, crops):
+  """The test views of a frame folder, read with the data module's frame-folder reader."""
+  sampling = SamplingConfig(num_frames=8, mode="sparse", num_clips=clips)
+  ev = EvalConfig(crop_size=64, num_spatial_crops=crops, single_crop_index=1)
+  record = {"kind": "frames", "path": str(folder), "num_frames": length, "template": template,
+            "bgr": False, "index_base": 1, "label": 0}
+  clip = read_clip(record, lambda n: np.concatenate([sampling.test_indices(n, v, clips)
+                                                     for v in range(clips)]))
+  frames = clip.frames.reshape(clips, 8, *clip.frames.shape[1:])
+  return [eval_view(frames[v], s, ev) for v in range(clips) for s in range(crops)]
+
+
+def test_predict_frame_folders(setup, frame_folders, tmp_path):
+  model = setup["model"]
+  views = {"clip1": _frame_views(frame_folders / "clip1", "img_{:05d}.jpg", 20, 2, 3),
+           "clip2": _frame_views(frame_folders / "clip2", "f_{}.png", 12, 2, 3)}
+  x = np.stack([v for name in sorted(views) for v in views[name]])
+  logits = nnx.jit(lambda m, x: m(x))(model, x)
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64).reshape(2, 6, 10).mean(1)
+  config = _multi_view_config(model)
+  # A folder of frame folders: one video each, sorted.
+  entries = predict.predict_videos(setup["ckpt"], str(frame_folders), config=config, topk=10,
+                                   batch_size=8, progress=False, verbose=False)
+  assert [e["video"] for e in entries] == [str(frame_folders / "clip1"),
+                                           str(frame_folders / "clip2")]
+  for e, want in zip(entries, probs, strict=True):
+    assert e["error"] is None
+    got = np.zeros(10)
+    for t in e["topk"]:
+      got[t["index"]] = t["prob"]
+    np.testing.assert_allclose(got, want, atol=2e-6)
+  # One frame folder given directly is one video; an SSv2 list line 'folder num_frames label'.
+  one = predict.predict_videos(setup["ckpt"], str(frame_folders / "clip2"), config=config,
+                               topk=10, batch_size=8, progress=False, verbose=False)
+  assert one == entries[1:]
+  lst = tmp_path / "val.txt"
+  lst.write_text(f"clip1 20 4\n{frame_folders / 'clip2'} 12 1\nmissing 9 2\n")
+  videos = predict.find_videos(str(lst), root=str(frame_folders))
+  assert videos == [str(frame_folders / "clip1"), str(frame_folders / "clip2"),
+                    str(frame_folders / "missing")]
+
+
+def test_frame_folder_errors(setup, tmp_path):
+  """A folder whose image cannot be decoded is reported per video, like a broken video."""
+  bad = tmp_path / "bad"
+  _write_frames(bad, _frames(40, 40, 3, 1), [f"img_{i:05d}.jpg" for i in range(1, 4)])
+  (bad / "img_00002.jpg").write_bytes(b"not a jpeg")
+  entries = predict.predict_videos(setup["ckpt"], str(bad), topk=3, progress=False,
+                                   verbose=False)
+  assert entries[0]["topk"] == []
+  assert entries[0]["error"].startswith("cannot read video: unreadable")
+  assert "img_00002.jpg" in entries[0]["error"]
+
+
+# ----------------------------------------------------------------------------- EMA weights
+@pytest.fixture(scope="module")
+def ema_checkpoint(setup):
+  """A checkpoint laid out as training writes it with ``optim.ema_decay > 0``: ``params`` and
+  an ``ema`` item of the same structure (here the params perturbed, so the two differ)."""
+  import orbax.checkpoint as ocp
+
+  model = setup["model"]
+  rng = np.random.default_rng(7)
+  values = {k: np.asarray(v) + 0.05 * rng.standard_normal(np.shape(v)).astype(np.float32)
+            for k, v in flat_state(model).items()}
+  ema_model = create_model(model.cfg, values=values)
+  path = setup["root"] / "ema_ckpt"
+  pure = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))  # noqa: E731
+  with ocp.CheckpointManager(path) as mngr:
+    mngr.save(5, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(pure(model)), ema=ocp.args.StandardSave(pure(ema_model)),
+      config=ocp.args.JsonSave(checkpoint.read_config(setup["ckpt"]))))
+    mngr.wait_until_finished()
+  return {"path": str(path), "ema_model": ema_model}
+
+
+def test_use_ema(setup, ema_checkpoint):
+  video = str(setup["videos"] / "a.mp4")
+  x = np.stack(_views(video, 1, 1))
+  run = nnx.jit(lambda m, x: m(x))
+  for use_ema, model in ((False, setup["model"]), (True, ema_checkpoint["ema_model"])):
+    want = np.asarray(jax.nn.softmax(run(model, x), axis=-1))[0]
+    e = predict.predict_videos(ema_checkpoint["path"], video, topk=10, progress=False,
+                               verbose=False, use_ema=use_ema)[0]
+    got = np.zeros(10)
+    for t in e["topk"]:
+      got[t["index"]] = t["prob"]
+    np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"use_ema={use_ema}")
+  with pytest.raises(checkpoint.NoEmaError, match="no EMA weights.*--use_ema"):
+    predict.extract_features(setup["ckpt"], video, use_ema=True, progress=False,
+                             verbose=False)
+
+
+def test_eval_restores_ema(setup, ema_checkpoint):
+  """``--mode eval --use_ema`` path: the run's params become the EMA weights."""
+  from uniformerv2_jax import train
+
+  config = _multi_view_config(setup["model"])
+  config.batch_size = 2
+  run = train.setup(config, train_size=2)
+  assert train.restore_params(run, ema_checkpoint["path"], use_ema=True) == 5
+  got = {tuple(str(k) for k in p): np.asarray(v)
+         for p, v in nnx.to_flat_state(run.state.params)}
+  want = flat_state(ema_checkpoint["ema_model"], nnx.Param)
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], np.asarray(want[k]), err_msg=str(k))
+
+
+# ----------------------------------------------------------------------------- label maps
+def test_label_maps():
+  """Shipped maps: class counts, unique names; each zoo dataset's config picks a map of its
+  class count (or none, where no verified list exists)."""
+  from uniformerv2_jax import labels, zoo
+
+  counts = {"kinetics400": 400, "kinetics600": 600, "kinetics700": 700, "kinetics710": 710,
+            "sthv2": 174, "mit": 339}
+  assert set(labels.available()) == set(counts)
+  for name, n in counts.items():
+    names = labels.read_label_file(labels.resolve(name), n)
+    assert len(set(names)) == n, name
+  k400 = labels.read_label_file(labels.resolve("kinetics400"))
+  k710 = labels.read_label_file(labels.resolve("kinetics710"))
+  assert k710[0] == k400[0] == "abseiling" and k710[709] == "bull fighting"
+  for e in zoo.ZOO:
+    spec = common.DATASETS[e.dataset]["labels"]
+    if e.dataset in ("sthv1", "anet", "hacs"):
+      assert spec == "", e.name
+      continue
+    assert len(labels.read_label_file(labels.resolve(spec))) == e.num_classes, e.name
+    assert predict.ZOO_LABELS[e.dataset] == spec
+  assert predict.LABELS_BY_CLASS_COUNT[710] == "kinetics710"
+
+
+def test_find_frame_folders(tmp_path):
+  """Image files and no videos make a folder one video; folders with videos keep the videos
+  (a stray image beside them is not a frame folder); nested frame folders are found."""
+  for n in ("a/img_00001.jpg", "a/img_00002.jpg", "b/x.mp4", "b/cover.jpg", "c/d/1.png",
+            "c/readme.txt"):
+    (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / n).write_bytes(b"1")
+  assert predict.find_videos(str(tmp_path)) == [str(tmp_path / "a"), str(tmp_path / "b/x.mp4"),
+                                                str(tmp_path / "c/d")]
+  assert predict.find_videos(str(tmp_path / "a")) == [str(tmp_path / "a")]
+  assert predict.frame_files(str(tmp_path / "a")) == [str(tmp_path / "a/img_00001.jpg"),
+                                                      str(tmp_path / "a/img_00002.jpg")]

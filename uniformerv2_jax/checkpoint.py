@@ -67,7 +67,7 @@ def _manager(directory, *, read_only: bool) -> ocp.CheckpointManager:
 
 
 def _pure(model: nnx.Module, kind) -> dict:
-  return nnx.state(model, kind).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(model, kind))
 
 
 def save_model(directory: str | Path, model: UniFormerV2, *, step: int = 0,
@@ -122,12 +122,19 @@ def _abstract(tree):
                       tree)
 
 
-def load_checkpoint(directory: str | Path, *, step: int | None = None,
+class NoEmaError(FileNotFoundError):
+  """``use_ema`` was asked of a checkpoint without an ``ema`` item."""
+
+
+def load_checkpoint(directory: str | Path, *, step: int | None = None, use_ema: bool = False,
                     **overrides) -> UniFormerV2:
   """Restore the model saved in ``directory`` (latest step unless ``step``), in eval mode.
 
-  ``overrides`` change implementation fields of the stored config (``scan_layers``,
-  ``remat_policy``, ``dtype``); they cannot change shapes.
+  ``use_ema``: take the parameters from the ``ema`` item (the exponential moving average a run
+  with ``optim.ema_decay > 0`` keeps) instead of ``params``; BatchNorm statistics are the
+  run's either way (EMA averages parameters only). A checkpoint without that item raises
+  :class:`NoEmaError`. ``overrides`` change implementation fields of the stored config
+  (``scan_layers``, ``remat_policy``, ``dtype``); they cannot change shapes.
   """
   path = resolve_directory(directory)
   with _manager(path, read_only=True) as mngr:
@@ -135,7 +142,14 @@ def load_checkpoint(directory: str | Path, *, step: int | None = None,
     config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     cfg = config_from_json(config["model"], **overrides)
     abstract = nnx.eval_shape(lambda: create_model(cfg))
-    items = {"params": ocp.args.StandardRestore(_abstract(_pure(abstract, nnx.Param)))}
+    # The EMA item has the structure of ``params`` (a running average of them).
+    source = "ema" if use_ema else "params"
+    if use_ema and not (path / str(step) / "ema").is_dir():
+      raise NoEmaError(
+        f"{path} step {step} has no EMA weights (only runs trained with "
+        "--config.optim.ema_decay > 0 write them; converted checkpoints never have them): "
+        "leave out --use_ema")
+    items = {source: ocp.args.StandardRestore(_abstract(_pure(abstract, nnx.Param)))}
     stats = _pure(abstract, nnx.BatchStat)
     if jax.tree.leaves(stats):
       items["batch_stats"] = ocp.args.StandardRestore(_abstract(stats))

@@ -1,8 +1,12 @@
 """Prediction and feature extraction on video files with a UniFormerV2 checkpoint.
 
   python main.py --mode predict --checkpoint DIR --input VIDEO|FOLDER|LIST [--config CFG]
-      [--topk 5] [--output preds.json] [--labels kinetics400|FILE]
+      [--topk 5] [--output preds.json] [--labels kinetics400|FILE] [--use_ema]
   python main.py --mode extract --checkpoint DIR --input ... --output feats.npz [--extract_all]
+
+A "video" is a video file or a frame folder (a directory holding image files, e.g.
+``img_00001.jpg ...`` as Something-Something is distributed, and no video files); its frames
+are the images in natural order (``img_2`` before ``img_10``).
 
 Every video gets the official test views (V temporal clips x S spatial crops: short-side resize
 to the crop size, then S uniform crops) of the config, or -- when no config is given -- of the
@@ -26,6 +30,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +52,7 @@ VIDEO_EXTENSIONS = frozenset({
   ".ogv", ".ts", ".mts", ".gif",
 })
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ADAPT_MODES = ("resize", "pos_embed")
 
 # Fields that fix the parameter shapes (or the meaning of the head): a config whose model differs
@@ -57,9 +63,11 @@ ARCH_FIELDS = ("num_classes", "patch_size", "width", "layers", "heads", "tempora
 
 # Label maps shipped with the package, by zoo dataset (configs/common.py DATASETS agrees).
 ZOO_LABELS = {"k400": "kinetics400", "k600": "kinetics600", "k700": "kinetics700",
-              "mit": "mit", "sthv2": "sthv2"}
-# A converted checkpoint without any dataset information: the class count is a strong hint.
-LABELS_BY_CLASS_COUNT = {400: "kinetics400", 600: "kinetics600", 700: "kinetics700", 339: "mit"}
+              "k710": "kinetics710", "mit": "mit", "sthv2": "sthv2"}
+# A converted checkpoint without any dataset information: the class count is a strong hint
+# (174 is SSv1 or SSv2 and 200 ActivityNet or HACS: no guess there).
+LABELS_BY_CLASS_COUNT = {400: "kinetics400", 600: "kinetics600", 700: "kinetics700",
+                         710: "kinetics710", 339: "mit"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -76,13 +84,49 @@ def _is_list_file(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in LIST_EXTENSIONS
 
 
-def _strip_label(line: str) -> str:
-  """``path,label`` / ``path label`` (official list files) -> path; a bare path stays."""
+def _label_free_paths(line: str) -> list[str]:
+  """The paths a list line may name once its trailing labels are dropped, likeliest first:
+  minus ``num_frames label`` (Something-Something ``folder num_frames label`` lines), minus a
+  ``label`` (official ``path,label`` / ``path label`` lines)."""
+  out = []
   for sep in (",", None):
-    parts = line.rsplit(sep, 1)
-    if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit() and parts[0].strip():
-      return parts[0].strip()
-  return line
+    parts = line.rsplit(sep, 2)
+    ints = 0
+    while ints < len(parts) - 1 and parts[len(parts) - 1 - ints].strip().lstrip("-").isdigit():
+      ints += 1
+    for drop in range(ints, 0, -1):
+      head = (sep or " ").join(parts[: len(parts) - drop]).strip()
+      if head:
+        out.append(head)
+  return list(dict.fromkeys(out))
+
+
+def _natural_key(name: str) -> list[Any]:
+  # Digit runs compare as numbers (img_2 < img_10); re.split keeps str/int positions aligned.
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: str) -> list[str]:
+  """The image files directly in ``folder``, in natural order (the frames of a frame folder)."""
+  names = [f for f in os.listdir(folder)
+           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+           and os.path.isfile(os.path.join(folder, f))]
+  return [os.path.join(folder, f) for f in sorted(names, key=_natural_key)]
+
+
+def _scan_folder(path: str) -> list[str]:
+  """Video files and frame folders under ``path`` (recursively), sorted. A directory with
+  image files and no video files is one frame-folder video; its subdirectories are still
+  searched (a nested layout stays usable)."""
+  found = []
+  for d, _, files in os.walk(path):
+    exts = {os.path.splitext(f)[1].lower() for f in files}
+    videos = [os.path.join(d, f) for f in files
+              if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
+    found.extend(videos)
+    if not videos and exts & IMAGE_EXTENSIONS:
+      found.append(d)
+  return sorted(found)
 
 
 def _resolve(path: str, bases: Sequence[str]) -> str:
@@ -95,36 +139,46 @@ def _resolve(path: str, bases: Sequence[str]) -> str:
   return os.path.join(bases[0], path) if bases else path
 
 
+def _resolve_line(line: str, bases: Sequence[str]) -> str:
+  """A list line's video: the first reading of it (as written, then without labels) that
+  exists, as given or against ``bases``; a missing video keeps the label-free reading (it is
+  reported per video later)."""
+  readings = list(dict.fromkeys([line, *_label_free_paths(line)]))
+  for r in readings:
+    if os.path.exists(r) or (not os.path.isabs(r)
+                             and any(os.path.exists(os.path.join(b, r)) for b in bases)):
+      return _resolve(r, bases)
+  return _resolve(readings[1] if len(readings) > 1 else line, bases)
+
+
 def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 root: str = "") -> list[str]:
-  """The video paths of ``inputs``: a video file, a folder (its video files, recursively,
-  sorted), a list file (``.txt``/``.csv``/``.lst``: official ``path,label`` lines or bare
-  paths; relative paths against ``root``, the list's folder, then the working directory), or a
-  sequence of any of these. A missing video named by a list is kept (reported per video later).
+  """The videos of ``inputs``: a video file; a frame folder (image files, no videos: one
+  video); a folder (its video files and frame folders, recursively, sorted); a list file
+  (``.txt``/``.csv``/``.lst``: official ``path,label`` lines, Something-Something
+  ``folder num_frames label`` lines, or bare paths; relative paths against ``root``, the
+  list's folder, then the working directory); or a sequence of any of these. A missing video
+  named by a list is kept (reported per video later).
   """
   if isinstance(inputs, (list, tuple)):
     return [p for item in inputs for p in find_videos(item, root)]
   path = os.fspath(inputs)
   if os.path.isdir(path):
-    found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
-                   if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS)
+    found = _scan_folder(path)
     if not found:
-      raise FileNotFoundError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in "
-                              f"{path}")
+      raise FileNotFoundError(
+        f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders (images: "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
     return found
   if not os.path.exists(path):
-    raise FileNotFoundError(f"input {path} does not exist (give a video file, a folder of "
-                            "videos or a list file)")
+    raise FileNotFoundError(f"input {path} does not exist (give a video file, a frame folder, a "
+                            "folder of videos or a list file)")
   if not _is_list_file(path):
     return [path]
   bases = [b for b in (root, os.path.dirname(os.path.abspath(path)), os.getcwd()) if b]
   with open(path, encoding="utf-8") as f:
     lines = [line.strip() for line in f.read().splitlines()]
-  videos = []
-  for line in lines:
-    if not line or line.startswith("#"):
-      continue
-    videos.append(_resolve(line if os.path.exists(line) else _strip_label(line), bases))
+  videos = [_resolve_line(line, bases) for line in lines if line and not line.startswith("#")]
   if not videos:
     raise ValueError(f"list file {path} names no videos")
   return videos
@@ -322,8 +376,9 @@ def _resolve_labels(labels: str | None, config: Mapping[str, Any] | None,
 
 
 def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
-            adapt: str = "resize") -> Prepared:
-  """Load ``checkpoint`` and work out the test views from ``config`` (or the checkpoint)."""
+            adapt: str = "resize", use_ema: bool = False) -> Prepared:
+  """Load ``checkpoint`` (its EMA weights with ``use_ema``) and work out the test views from
+  ``config`` (or the checkpoint)."""
   from uniformerv2_jax import checkpoint as ckpt_lib
 
   if adapt not in ADAPT_MODES:
@@ -356,7 +411,8 @@ def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
   res = cfg.input_resolution
   crop = int(_get(config, "aug.crop_size", res) or res)
   precision = _get(config, "precision", "float32") or "float32"
-  model = ckpt_lib.load_checkpoint(checkpoint, remat_policy="none", dtype=precision)
+  model = ckpt_lib.load_checkpoint(checkpoint, remat_policy="none", dtype=precision,
+                                   use_ema=use_ema)
   if crop != res:
     if adapt == "pos_embed":
       model = _adapt_resolution(model, crop)
@@ -386,19 +442,53 @@ def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
 
 # ----------------------------------------------------------------------------- views and model
 def decode_clips(path: str, views: ViewSettings) -> np.ndarray:
-  """uint8 ``[V, T, H, W, 3]``: the V temporal test clips of a video (channel order as the
-  model expects). Short videos repeat frames (the sampler clamps), never fail."""
+  """uint8 ``[V, T, H, W, 3]``: the V temporal test clips of a video file or a frame folder
+  (channel order as the model expects). Short videos repeat frames (the sampler clamps),
+  never fail."""
   s, count = views.sampling, views.num_clips
 
   def indices(length: int) -> np.ndarray:
     return np.concatenate([s.test_indices(length, v, count) for v in range(count)])
 
   r = views.reader
-  clip = read_clip({"kind": "video", "path": path, "label": 0}, indices,
-                   max_pixels=r.max_pixels, seek_threshold=r.seek_threshold,
-                   decode_threads=r.decode_threads)
-  frames = clip.frames.reshape(count, s.num_frames, *clip.frames.shape[1:])
+  if os.path.isdir(path):
+    frames = read_frame_files(frame_files(path), indices, label=path, max_pixels=r.max_pixels)
+  else:
+    frames = read_clip({"kind": "video", "path": path, "label": 0}, indices,
+                       max_pixels=r.max_pixels, seek_threshold=r.seek_threshold,
+                       decode_threads=r.decode_threads).frames
+  frames = frames.reshape(count, s.num_frames, *frames.shape[1:])
   return np.ascontiguousarray(frames[..., ::-1]) if views.bgr else frames
+
+
+def read_frame_files(files: Sequence[str], indices_for_length, *, label: str,
+                     max_pixels: int) -> np.ndarray:
+  """uint8 RGB ``[T, H, W, 3]``: the images ``files[indices_for_length(len(files))]`` (each
+  file decoded once, as the training reader decodes frame images; positions past the end repeat
+  the last frame)."""
+  from PIL import Image
+
+  from uniformerv2_jax.data.video import DecodeError, decode_image
+
+  if not files:
+    raise DecodeError("no_frames", label, "no image files")
+  idx = np.minimum(np.asarray(indices_for_length(len(files)), np.int64), len(files) - 1)
+  cache: dict[int, np.ndarray] = {}
+  for i in map(int, idx):
+    if i in cache:
+      continue
+    try:
+      with open(files[i], "rb") as f:
+        data = f.read()
+      cache[i] = decode_image(data, False, max_pixels, f"{label}: {os.path.basename(files[i])}")
+    except DecodeError:
+      raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      raise DecodeError("unreadable", label, f"{os.path.basename(files[i])}: {e}") from e
+  if len({a.shape for a in cache.values()}) > 1:
+    raise DecodeError("unreadable", label, "frames of different sizes "
+                      f"{sorted({a.shape for a in cache.values()})}")
+  return np.stack([cache[int(i)] for i in idx])
 
 
 def make_views(clips: np.ndarray, views: ViewSettings) -> Iterator[np.ndarray]:
@@ -562,7 +652,7 @@ def format_table(entries: Sequence[Mapping[str, Any]]) -> str:
 def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: int = 5,
                    output: str | None = None, labels: str | None = None, batch_size: int = 8,
                    adapt: str = "resize", read_threads: int = 2, progress: bool = True,
-                   verbose: bool = True) -> list[dict[str, Any]]:
+                   verbose: bool = True, use_ema: bool = False) -> list[dict[str, Any]]:
   """Top-``topk`` classes of every video of ``inputs`` (see :func:`find_videos`).
 
   Returns (and with ``output`` writes as JSON) one entry per video:
@@ -571,8 +661,9 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
   settings. ``labels``: a shipped map name or a file (one name per line). ``adapt``: what to do
   when the config's crop size differs from the model resolution (``resize`` the views to the
   model resolution, or ``pos_embed``: interpolate the positional embedding to the crop size).
+  ``use_ema``: the checkpoint's EMA weights (``checkpoint.NoEmaError`` when it has none).
   """
-  prepared = prepare(checkpoint, config, labels=labels, adapt=adapt)
+  prepared = prepare(checkpoint, config, labels=labels, adapt=adapt, use_ema=use_ema)
   videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
   results = run_videos(prepared, videos, batch_size=batch_size, read_threads=read_threads,
                        progress=progress)
@@ -596,7 +687,7 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
 def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
                      output: str | None = None, extract_all: bool = False, batch_size: int = 8,
                      adapt: str = "resize", read_threads: int = 2, progress: bool = True,
-                     verbose: bool = True) -> dict[str, Any]:
+                     verbose: bool = True, use_ema: bool = False) -> dict[str, Any]:
   """Per-video features averaged over the test views.
 
   Returns ``{"features": [N, D] float32, "videos": [N] paths, "errors": [N] None or message,
@@ -604,13 +695,13 @@ def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
   backbone block's class token, mean over frames) and ``global_tokens [N, n_layers, D]`` (the
   video token after each global block). Rows of videos that failed are NaN. ``output``:
   ``.npz`` (all of the above; errors as strings, '' = fine) or ``.npy`` (features only, with
-  the paths in ``<stem>.videos.txt`` beside it).
+  the paths in ``<stem>.videos.txt`` beside it). ``use_ema``: as :func:`predict_videos`.
   """
   if output and not str(output).endswith((".npz", ".npy")):
     raise ValueError(f"--output {output}: use a .npz (or, for the features only, .npy) file")
   if output and extract_all and str(output).endswith(".npy"):
     raise ValueError("--extract_all writes several arrays: use a .npz output")
-  prepared = prepare(checkpoint, config, adapt=adapt)
+  prepared = prepare(checkpoint, config, adapt=adapt, use_ema=use_ema)
   videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
   results = run_videos(prepared, videos, batch_size=batch_size, extract_all=extract_all,
                        read_threads=read_threads, progress=progress)
