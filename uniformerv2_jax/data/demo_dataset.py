@@ -206,8 +206,8 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = FPS) -> None:
   x264 is deterministic only in its C code path here: with its assembly (PyAV 18's FFmpeg 8
   build), a dataset generated twice in one process differed in a few clips in about a third of
   the runs, only when other allocations ran between encodes (an out-of-bounds read, by the
-  look of it; tests/test_data_pipeline.py compares the bytes). ``asm=0`` costs ~6 s over the 800-clip
-  dataset. Single-threaded for the same reason.
+  look of it; tests/test_data_pipeline.py compares the bytes). ``asm=0`` costs ~6 s over the
+  800-clip dataset. Single-threaded for the same reason.
   """
   codec = _codec()
   opts = (
