@@ -127,3 +127,30 @@ def test_relative_checkpoint_directories_work(tmp_path, monkeypatch):
   manager = TrainCheckpointer("run/checkpoints")
   assert str(manager.directory) == str(tmp_path / "run" / "checkpoints")
   manager.close()
+
+
+def test_training_state_of_another_layout_is_a_clear_error(tmp_path):
+  """A run's checkpoint whose optimizer state has another structure (an older optimizer, a
+  different recipe) names the directory and the way out instead of Orbax's bare mismatch."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from uniformerv2_jax.checkpoint import TrainCheckpointer
+  from uniformerv2_jax.steps import TrainState
+
+  params = nnx.State({"w": nnx.Param(jnp.ones(3))})
+
+  def state(opt_state):
+    return TrainState(step=jnp.int32(1), params=params, batch_stats=nnx.State({}),
+                      opt_state=opt_state, key=jnp.zeros(2, jnp.uint32))
+
+  ckpt = TrainCheckpointer(tmp_path / "checkpoints", async_save=False)
+  ckpt.save(1, state(({"mu": jnp.ones(3)}, {"count": jnp.int32(0)})), data_state={}, config={})
+  ckpt.wait()
+  abstract = jax.eval_shape(lambda: state({"count": jnp.int32(0), "mu": jnp.ones(3),
+                                           "nu": jnp.ones(3)}))
+  with pytest.raises(ValueError, match=r"checkpoints step 1: the stored training state does "
+                     r"not match.*--config.init_from="):
+    ckpt.restore(1, abstract)
+  ckpt.close()

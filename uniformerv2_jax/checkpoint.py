@@ -235,7 +235,17 @@ class TrainCheckpointer:
         target(nnx.to_pure_dict(abstract_state.batch_stats)))
     if abstract_state.ema is not None:
       items["ema"] = ocp.args.StandardRestore(target(nnx.to_pure_dict(abstract_state.ema)))
-    r = self.manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      r = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:
+      if "Structure mismatch" not in str(e):
+        raise
+      raise ValueError(
+        f"{self.directory} step {step}: the stored training state does not match this run's "
+        f"({e}). The optimizer state changed layout on 2026-12-02 (one fused AdamW state "
+        "instead of optax's chain), or the run's config differs (frozen backbone, EMA, "
+        "gradient accumulation). To continue from its weights, start a new workdir with "
+        f"--config.init_from={self.directory}") from None
 
     def fill(abstract_tree, pure):
       tree = jax.tree.map(lambda a: a, abstract_tree)  # a State we may overwrite
