@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     tfds_name="", tfds_data_dir="", video_key="video", label_key="label",
     labels="",  # label map name shipped with the package, or a file with one name per line
     num_workers=0, prefetch_batches=2, read_threads=2, seek_threshold=0,
+    # FFmpeg decoder threads: "" = "NONE" with worker processes (more clips per core), else
+    # "AUTO"; selective_decode: H.264 in MP4 decodes only what the sampled frames need.
+    decode_threads="", selective_decode=True,
   ))
   c.sampling = ml_collections.ConfigDict(dict(mode="sparse", sampling_rate=16, test_clips=4,
                                               test_crops=3, single_crop_index=1))

@@ -359,3 +359,22 @@ def test_ensure_demo_dataset(tmp_path, monkeypatch):
   assert os.path.isfile(os.path.join(root, "train.csv")) and len(calls) == 1
   assert demo_dataset.ensure_demo_dataset(root) == root and len(calls) == 1
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".demo-tmp-")]
+
+
+def test_reader_config_from_the_config():
+  """Worker processes get single-threaded decoders unless the config names a threading;
+  a bad name is a clear error."""
+  import importlib
+
+  from uniformerv2_jax import train
+
+  c = importlib.import_module("configs.k400").get_config("b16_8x224")
+  assert train.reader_config(c).decode_threads == "AUTO"
+  assert train.reader_config(c).selective_decode
+  c.dataset.num_workers = 4
+  assert train.reader_config(c).decode_threads == "NONE"
+  c.dataset.decode_threads = "FRAME"
+  assert train.reader_config(c).decode_threads == "FRAME"
+  c.dataset.decode_threads = "fast"
+  with pytest.raises(ValueError, match="dataset.decode_threads"):
+    train.reader_config(c)

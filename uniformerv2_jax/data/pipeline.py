@@ -91,6 +91,11 @@ class ReaderConfig:
   # decoding for 10 s Kinetics clips, see benchmarks/RESULTS.md). False: decode in order.
   selective_decode: bool = True
 
+  def __post_init__(self):
+    if self.decode_threads not in ("AUTO", "FRAME", "SLICE", "NONE"):
+      raise ValueError(f"decode_threads must be AUTO, FRAME, SLICE or NONE (dataset."
+                       f"decode_threads), got {self.decode_threads!r}")
+
 
 class _SkipLog:
   """Rate-limited warnings: the first ``first`` skips, then at most one per ``every_s``."""
