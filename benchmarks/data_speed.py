@@ -253,7 +253,7 @@ def main() -> None:
   if args.quick:
     args.videos, args.clips = min(args.videos, 2), min(args.clips, 30)
   fast = transforms.TrainAugConfig()  # the default: exact, OpenCV resize when installed
-  cv2 = transforms._cv2()
+  cv2 = transforms.optional_cv2()
   if cv2 is not None:
     cv2.setNumThreads(1)  # per-core numbers
   rng = np.random.default_rng(0)

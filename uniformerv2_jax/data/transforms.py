@@ -466,8 +466,9 @@ def _horner(v: list[np.ndarray], frac: np.ndarray, inside: np.ndarray) -> np.nda
   return res
 
 
-def _cv2():
-  """OpenCV if installed (optional speed-up, not a dependency), else None."""
+def optional_cv2():
+  """OpenCV if it imports (a requirement, but only ever a faster path: every use has a
+  NumPy/PIL fallback or names the missing package), else None."""
   try:
     import cv2  # noqa: PLC0415
   except ImportError:
@@ -476,7 +477,7 @@ def _cv2():
 
 
 def _require_cv2():
-  cv2 = _cv2()
+  cv2 = optional_cv2()
   if cv2 is None:
     raise ImportError("this option needs OpenCV: pip install opencv-python-headless")
   return cv2
@@ -721,7 +722,7 @@ def resize_uint8_to(
   normalisation) from the NumPy path. ``"auto"``: cv2 when installed, else NumPy.
   """
   if backend == "auto":
-    backend = "cv2" if _cv2() is not None else "numpy"
+    backend = "cv2" if optional_cv2() is not None else "numpy"
   if backend == "cv2":
     return _resize_cv2(crop, size, flip=flip, output=output, mean=mean, std=std)
   if backend != "numpy":

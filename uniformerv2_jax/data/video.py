@@ -26,6 +26,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from uniformerv2_jax.data.transforms import optional_cv2
+
 # Kinds of bad samples, in the order of the skip-count vector the pipeline puts in every batch.
 SKIP_KINDS: tuple[str, ...] = (
   "missing",  # file or frame file does not exist
@@ -477,15 +479,6 @@ def _decode_with_seek(
   return pos
 
 
-def _cv2():
-  """OpenCV if installed (a faster JPEG decoder for the same pixels), else None."""
-  try:
-    import cv2  # noqa: PLC0415
-  except ImportError:
-    return None
-  return cv2
-
-
 def decode_image(data: bytes, bgr: bool, max_pixels: int, label: str) -> np.ndarray:
   """Decode image bytes to uint8 ``[H, W, 3]`` (RGB, or BGR with ``bgr``).
 
@@ -498,7 +491,7 @@ def decode_image(data: bytes, bgr: bool, max_pixels: int, label: str) -> np.ndar
   with Image.open(io.BytesIO(data)) as im:
     if im.width * im.height > max_pixels:
       raise DecodeError("too_large", label, f"{im.width}x{im.height}")
-    cv2 = _cv2() if im.format == "JPEG" and im.mode in ("RGB", "L") else None
+    cv2 = optional_cv2() if im.format == "JPEG" and im.mode in ("RGB", "L") else None
     if cv2 is not None and data[-2:] == b"\xff\xd9":
       order = cv2.IMREAD_COLOR_BGR if bgr else cv2.IMREAD_COLOR_RGB
       flags = order | cv2.IMREAD_IGNORE_ORIENTATION  # PIL does not apply EXIF rotation either
