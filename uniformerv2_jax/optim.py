@@ -130,15 +130,14 @@ def fused_adamw(schedule: Callable, *, b1: float, b2: float, eps: float, weight_
   are trees shaped like the parameters.
   """
 
-  def leaves_like(tree, ref):
-    return jax.tree.structure(ref).flatten_up_to(tree)
-
   def init(params):
-    train = leaves_like(trainable, params) if trainable is not None else None
     leaves, treedef = jax.tree.flatten(params)
+    train = treedef.flatten_up_to(trainable) if trainable is not None else [True] * len(leaves)
+
     def moments():
-      return treedef.unflatten([
-        jnp.zeros_like(p) if train is None or train[i] else None for i, p in enumerate(leaves)])
+      return treedef.unflatten([jnp.zeros_like(p) if t else None
+                                for p, t in zip(leaves, train, strict=True)])
+
     return AdamWState(jnp.zeros([], jnp.int32), moments(), moments())
 
   def update(grads, state, params=None):

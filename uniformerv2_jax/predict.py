@@ -463,32 +463,14 @@ def decode_clips(path: str, views: ViewSettings) -> np.ndarray:
 
 def read_frame_files(files: Sequence[str], indices_for_length, *, label: str,
                      max_pixels: int) -> np.ndarray:
-  """uint8 RGB ``[T, H, W, 3]``: the images ``files[indices_for_length(len(files))]`` (each
-  file decoded once, as the training reader decodes frame images; positions past the end repeat
-  the last frame)."""
-  from PIL import Image
-
-  from uniformerv2_jax.data.video import DecodeError, decode_image
+  """uint8 RGB ``[T, H, W, 3]``: the images ``files[indices_for_length(len(files))]``, read as
+  the training reader reads frame images; positions past the end repeat the last frame."""
+  from uniformerv2_jax.data.video import DecodeError, read_image_files
 
   if not files:
     raise DecodeError("no_frames", label, "no image files")
   idx = np.minimum(np.asarray(indices_for_length(len(files)), np.int64), len(files) - 1)
-  cache: dict[int, np.ndarray] = {}
-  for i in map(int, idx):
-    if i in cache:
-      continue
-    try:
-      with open(files[i], "rb") as f:
-        data = f.read()
-      cache[i] = decode_image(data, False, max_pixels, f"{label}: {os.path.basename(files[i])}")
-    except DecodeError:
-      raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      raise DecodeError("unreadable", label, f"{os.path.basename(files[i])}: {e}") from e
-  if len({a.shape for a in cache.values()}) > 1:
-    raise DecodeError("unreadable", label, "frames of different sizes "
-                      f"{sorted({a.shape for a in cache.values()})}")
-  return np.stack([cache[int(i)] for i in idx])
+  return read_image_files([files[i] for i in idx], label=label, max_pixels=max_pixels)
 
 
 def make_views(clips: np.ndarray, views: ViewSettings) -> Iterator[np.ndarray]:
@@ -531,11 +513,13 @@ class VideoResults:
   num_views: int
 
 
-def _error_message(err: BaseException) -> str:
+def _error_message(err: BaseException, video: str) -> str:
   from uniformerv2_jax.data.video import DecodeError
 
-  if isinstance(err, DecodeError):  # "kind: path: detail"; the entry already names the path
-    return "cannot read video: " + str(err).replace(f"{err.path}: ", "", 1)
+  if isinstance(err, DecodeError):  # "kind: path: detail"; the entry already names the video
+    # A frame folder's error names the frame file: keep it relative to the folder.
+    where = "" if err.path == video else os.path.relpath(err.path, video) + ": "
+    return "cannot read video: " + str(err).replace(f"{err.path}: ", where, 1)
   return f"{type(err).__name__}: {err}"
 
 
@@ -597,7 +581,7 @@ def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8
       try:
         clips = pending.pop(i).result()
       except Exception as err:  # noqa: BLE001 (one bad video must not stop the others)
-        errors[i] = _error_message(err)
+        errors[i] = _error_message(err, videos[i])
         bar.write(f"skipped {videos[i]}: {errors[i]}", file=sys.stderr)
         bar.update(1)
         continue

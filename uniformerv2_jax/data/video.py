@@ -515,32 +515,34 @@ def read_frame_folder(
   ``bgr=True`` reverses the channels: the official SSv2 loader decodes JPEGs with OpenCV and
   never converts, so the released SSv1/SSv2 models were trained and tested on BGR input.
   """
-  cache: dict[int, np.ndarray] = {}
-  out = []
-  for n in frame_numbers:
-    n = int(n)
-    if n not in cache:
-      path = os.path.join(folder, template.format(n))
-      _check_file(path)
-      try:
-        with open(path, "rb") as f:
-          data = f.read()
-        cache[n] = decode_image(data, bgr, max_pixels, path)
-      except DecodeError:
-        raise
-      except PermissionError as e:
-        raise DecodeError("permission", path) from e
-      except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-      ) as e:
-        raise DecodeError("unreadable", path, str(e)) from e
-    out.append(cache[n])
+  paths = [os.path.join(folder, template.format(int(n))) for n in frame_numbers]
+  return read_image_files(paths, label=folder, bgr=bgr, max_pixels=max_pixels)
+
+
+def read_image_files(
+  paths: Sequence[str], *, label: str, bgr: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+  """uint8 ``[T, H, W, 3]`` of the image files ``paths`` (each distinct file decoded once).
+  Failures are :class:`DecodeError` naming the file; frames of different sizes name ``label``."""
+  cache: dict[str, np.ndarray] = {}
+  for path in paths:
+    if path in cache:
+      continue
+    _check_file(path)
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+      cache[path] = decode_image(data, bgr, max_pixels, path)
+    except DecodeError:
+      raise
+    except PermissionError as e:
+      raise DecodeError("permission", path) from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      raise DecodeError("unreadable", path, str(e)) from e
+  out = [cache[p] for p in paths]
   shapes = {a.shape for a in out}
   if len(shapes) > 1:
-    raise DecodeError("unreadable", folder, f"frames of different sizes {sorted(shapes)}")
+    raise DecodeError("unreadable", label, f"frames of different sizes {sorted(shapes)}")
   return np.ascontiguousarray(np.stack(out))
 
 
