@@ -15,11 +15,14 @@ Config keys are overridden with ``--config.key=value``; an unknown key is an err
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from uniformerv2_jax import host_memory
 
 config_flags.DEFINE_config_file("config", None, "Config file (path[:argument]).",
                                 lock_config=True)
@@ -107,6 +110,8 @@ def predict_or_extract(config) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.info("host malloc: GLIBC_TUNABLES=%r (%s=0 keeps the system default)",
+               os.environ.get("GLIBC_TUNABLES", ""), host_memory.OPT_OUT)
   config = FLAGS.config
   if FLAGS.mode in ("predict", "extract"):
     predict_or_extract(config)
@@ -156,5 +161,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_malloc_tuning()  # huge-page malloc: ~15 % faster CPU steps
   app.run(main)
   sys.exit(0)

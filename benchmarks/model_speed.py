@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import speed_common as sc  # noqa: E402
 
+from uniformerv2_jax import host_memory  # noqa: E402
+
 
 def main(argv=None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -127,4 +129,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_malloc_tuning()  # huge-page malloc, as main.py
   main()

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import speed_common as sc  # noqa: E402
 
+from uniformerv2_jax import host_memory  # noqa: E402
 from uniformerv2_jax import model as M  # noqa: E402
 
 
@@ -218,4 +219,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_malloc_tuning()  # huge-page malloc, as main.py
   main()

@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import speed_common as sc  # noqa: E402
 
+from uniformerv2_jax import host_memory  # noqa: E402
+
 DEFAULT_BATCHES = {"tiny": (1, 8), "b16": (1, 4), "l14": (1, 4)}
 ACCEL_BATCHES = {"tiny": (8, 64), "b16": (8, 32), "l14": (4, 16)}
 
@@ -163,4 +165,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_malloc_tuning()  # huge-page malloc, as main.py
   main()

@@ -32,6 +32,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import speed_common as sc  # noqa: E402
 
+from uniformerv2_jax import host_memory  # noqa: E402
+
 OFFICIAL_FILE = os.path.join("slowfast", "models", "uniformerv2_model.py")
 
 
@@ -182,4 +184,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_malloc_tuning()  # huge-page malloc, as main.py
   main()

@@ -363,7 +363,7 @@ def format_table(r: dict[str, Any]) -> str:
   if r.get("device_memory_gb"):
     rows.append(("device memory", f"{r['device_memory_gb']:.1f} GB  fits: {r['fits']}"))
     if r.get("bytes_per_clip") is not None:
-      rows.append(("bytes per extra clip", _gib(r["bytes_per_clip"])))
+      rows.append(("+ per extra clip (global)", _gib(r["bytes_per_clip"])))
     rows.append(("largest global batch", str(r["max_global_batch"])))
   w = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
