@@ -67,3 +67,12 @@ def test_main_runs_with_the_tunable():
                      env=_child_env(), capture_output=True, text=True)
   assert r.returncode != 0 and "--config is required" in r.stderr + r.stdout
   assert "GLIBC_TUNABLES='glibc.malloc.hugetlb=1'" in r.stderr
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="glibc tunables exist only on Linux with glibc")
+def test_no_reexec_when_the_process_was_started_for_something_else():
+  # As under IPython's %run: sys.argv names a script the interpreter was not started with.
+  child = "import sys\nsys.argv = ['main.py']\n" + CHILD
+  out = subprocess.run([sys.executable, "-c", child], env=_child_env(),
+                       capture_output=True, text=True, check=True).stdout
+  assert out.splitlines() == ["None []"]

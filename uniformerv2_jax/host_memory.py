@@ -49,7 +49,9 @@ def reexec_with_malloc_tuning() -> None:
   if env is None:
     return
   argv = list(getattr(sys, "orig_argv", []))
-  if not argv:
+  # Only when this interpreter was started for this script: under IPython's ``%run`` or a
+  # runner that rewrote sys.argv, re-executing the original command would restart the host.
+  if not argv or sys.argv[0] not in argv:
     return
   sys.stdout.flush()
   sys.stderr.flush()
