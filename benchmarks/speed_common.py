@@ -201,7 +201,7 @@ def loadavg() -> list[float] | None:
 
 
 def emit(record: dict) -> None:
-  # The allocator setting changes CPU step times by ~15 % (uniformerv2_jax/host_memory.py).
+  # The allocator setting changes CPU step times by ~20-30 % (uniformerv2_jax/host_memory.py).
   record = {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), **record}
   print(json.dumps(record, sort_keys=True), flush=True)
 

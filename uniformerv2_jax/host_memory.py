@@ -1,12 +1,14 @@
 """Host memory allocator tuning: transparent huge pages for glibc malloc.
 
-XLA:CPU allocates each step's buffers with ``malloc``; buffers above glibc's mmap threshold
-(at most 32 MiB) are fresh ``mmap`` regions, so every train step page-faults its activations
-and gradients back in, 4 KiB at a time, and the kernel zeroes each page. With
+XLA:CPU allocates each step's buffers with ``malloc``, and glibc gives freed blocks back to the
+kernel (blocks above the mmap threshold, at most 32 MiB, are their own ``mmap`` regions), so
+every train step page-faults its activations and gradients back in, 4 KiB at a time, and the
+kernel zeroes each page: 842k faults and 1.8 s of kernel time per B/16 step. With
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35) malloc asks for transparent huge
-pages, 512 times fewer faults. Measured on a 2-core host, B/16 8x224 batch 1 f32: train step
-5.1-6.8 s -> 4.3-4.7 s, eval forward 1.25-1.42 s -> 1.12-1.20 s, and the same process's 2048
-matmul no longer drops to half its rate after a train step (``benchmarks/RESULTS.md``).
+pages: 2.1k faults and 0.24 s per step. Measured on a 2-core host, B/16 8x224 batch 1 f32:
+train step 5.1-6.8 s -> 4.3-4.7 s, eval forward 1.25-1.42 s -> 1.12-1.20 s, and the same
+process's 2048 matmul no longer drops to half its rate after a train step
+(``benchmarks/RESULTS.md``).
 
 glibc reads tunables only at process start, so the entry points (``main.py``, the benchmarks)
 re-execute themselves once with the tunable added, before JAX is imported. This module uses
