@@ -6,13 +6,12 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from uniformerv2_jax import host_memory
 
-REPO = Path(__file__).resolve().parents[1]
 GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
