@@ -7,7 +7,8 @@ fraction of the float32 matmul rate measured in the same run (interleaved, media
 
 Parts: ``block`` (the model's ResidualBlock, grads w.r.t. params and input, i.e. what the
 scanned backbone does per layer), ``attention`` (jax.nn.dot_product_attention, the einsum +
-softmax form in the model's [N, L, H, D] layout, and the same with heads moved first),
+softmax form in an [N, L, H, D] layout, the same with heads moved first, and the model's
+``attention_heads_first`` with its hand-written VJP),
 ``qkv`` (the head-structured ``nlc,cshd->snlhd`` projection vs one [C, 3C] matmul), ``mlp``,
 ``patch_embed`` (gradient w.r.t. the kernel only), ``global`` (DPE + Extractor, 4 blocks),
 ``optimizer`` (clip + AdamW update of all B/16 params). One JSON line per measurement.
@@ -87,8 +88,12 @@ def parts(cfg, batch, dtype, which):
       o = jnp.einsum("nhqk,nhkd->nhqd", jax.nn.softmax(s, -1), vt)
       return o.transpose(0, 2, 1, 3)
 
+    def model_form(q, k, v):  # the model's: heads-first operands, hand-written VJP
+      q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+      return M.attention_heads_first(q, k, v).transpose(0, 2, 1, 3)
+
     for name, f in (("dpa", jax.nn.dot_product_attention), ("einsum", einsum_attn),
-                    ("heads_first", heads_first)):
+                    ("heads_first", heads_first), ("heads_first_vjp", model_form)):
       out[f"attention_{name}_fwd"] = (jax.jit(f), (q, k, v), 2 * macs)
       out[f"attention_{name}_fwd_bwd"] = _fb(f, (q, k, v), (0, 1, 2), 6 * macs)
   if "qkv" in which:

@@ -214,19 +214,49 @@ def dropout(x: jax.Array, rate, key) -> jax.Array:
   return jnp.where(keep < 1.0, x * scaled, x)
 
 
-def attention(q, k, v, *, cudnn: bool = False):
-  """Softmax attention over ``[N, L, H, Dh]`` (``jax.nn.dot_product_attention``).
+def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Scaled ``Q K^T`` per frame and head in >= float32: ``[N, H, Lq, D] x [N, H, Lk, D]``."""
+  acc = jnp.promote_types(q.dtype, jnp.float32)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  return jnp.einsum("nhqd,nhkd->nhqk", q, k, preferred_element_type=acc) * scale
 
-  ``cudnn``: cuDNN's fused (flash) kernel, see :func:`use_cudnn_attention`. The function always
-  takes the softmax in float32, so float64 runs (the parity checks against float64 references)
-  use the plain einsum form. A heads-first layout with a hand-written backward measured no faster
-  on XLA:CPU (B/16 train step 4.45 vs 4.22 s and 4.90 vs 4.91 s in alternating runs), so the
-  simpler form stays.
+
+def _attention_fwd_core(q, k, v):
+  p = jax.nn.softmax(_scores(q, k), axis=-1).astype(q.dtype)
+  return jnp.einsum("nhqk,nhkd->nhqd", p, v), p
+
+
+@jax.custom_vjp
+def attention_heads_first(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Softmax attention over ``[N, H, L, Dh]`` (heads before tokens), with a hand-written VJP.
+
+  Every product is then a dot with leading batch dims, and the backward keeps only the
+  probabilities (in the compute dtype; softmax and its gradient run in >= float32) and the
+  output: ``dS = P * (dP - rowsum(dO * O))``. On XLA:CPU this together with the heads-first
+  projections in :meth:`MultiHeadAttention.self_attention` made the B/16 train step ~11 %
+  faster than ``jax.nn.dot_product_attention`` on ``[N, L, H, Dh]`` (benchmarks/RESULTS.md).
   """
-  if q.dtype != jnp.float64:
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn" if cudnn else None)
-  scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(q.shape[-1])
-  return jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(scores, axis=-1), v)
+  return _attention_fwd_core(q, k, v)[0]
+
+
+def _attention_fwd(q, k, v):
+  o, p = _attention_fwd_core(q, k, v)
+  return o, (q, k, v, o, p)
+
+
+def _attention_bwd(res, do):
+  q, k, v, o, p = res
+  acc = jnp.promote_types(q.dtype, jnp.float32)
+  dv = jnp.einsum("nhqk,nhqd->nhkd", p, do)
+  dp = jnp.einsum("nhqd,nhkd->nhqk", do, v, preferred_element_type=acc)
+  delta = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1, keepdims=True)
+  ds = (p.astype(acc) * (dp - delta) * (1.0 / math.sqrt(q.shape[-1]))).astype(q.dtype)
+  dq = jnp.einsum("nhqk,nhkd->nhqd", ds, k)
+  dk = jnp.einsum("nhqk,nhqd->nhkd", ds, q)
+  return dq, dk, dv
+
+
+attention_heads_first.defvjp(_attention_fwd, _attention_bwd)
 
 
 def use_cudnn_attention(dtype) -> bool:
@@ -292,13 +322,23 @@ class MultiHeadAttention(nnx.Module):
     return b * jnp.asarray([1, 0, 1], dtype)[:, None, None]
 
   def self_attention(self, x, dtype):
-    """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``."""
+    """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``.
+
+    cuDNN's fused kernel (GPU, half precision) takes tokens before heads; everywhere else the
+    projections produce and consume heads before tokens (:func:`attention_heads_first`).
+    """
     w = self.in_proj_kernel[...].astype(dtype)
     w_out = self.out_proj_kernel[...].astype(dtype)
     bias = self.qkv_bias(dtype)
-    qkv = jnp.einsum("nlc,cshd->snlhd", x.astype(dtype), w) + bias[:, None, None]
-    out = attention(qkv[0], qkv[1], qkv[2], cudnn=use_cudnn_attention(dtype))
-    y = jnp.einsum("nlhd,hdc->nlc", out, w_out)
+    x = x.astype(dtype)
+    if use_cudnn_attention(dtype):
+      qkv = jnp.einsum("nlc,cshd->snlhd", x, w) + bias[:, None, None]
+      out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation="cudnn")
+      y = jnp.einsum("nlhd,hdc->nlc", out, w_out)
+    else:
+      qkv = jnp.einsum("nlc,cshd->snhld", x, w) + bias[:, None, :, None]
+      out = attention_heads_first(qkv[0], qkv[1], qkv[2])
+      y = jnp.einsum("nhld,hdc->nlc", out, w_out)
     return y + self.out_proj_bias[...].astype(dtype)
 
   def query_attention(self, q, y, dtype):
