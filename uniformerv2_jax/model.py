@@ -233,7 +233,7 @@ def attention_heads_first(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
   Every product is then a dot with leading batch dims, and the backward keeps only the
   probabilities (in the compute dtype; softmax and its gradient run in >= float32) and the
   output: ``dS = P * (dP - rowsum(dO * O))``. On XLA:CPU this together with the heads-first
-  projections in :meth:`MultiHeadAttention.self_attention` made the B/16 train step ~11 %
+  projections in :meth:`MultiHeadAttention.self_attention` made the B/16 train step 5-11 %
   faster than ``jax.nn.dot_product_attention`` on ``[N, L, H, Dh]`` (benchmarks/RESULTS.md).
   """
   return _attention_fwd_core(q, k, v)[0]
