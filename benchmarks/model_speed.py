@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speed_common as sc  # noqa: E402
 
 from uniformerv2_jax import host_memory  # noqa: E402
+from uniformerv2_jax.model import REMAT_POLICIES  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:
@@ -62,8 +63,8 @@ def main(argv=None) -> list[dict]:
   rounds = a.rounds or (5 if a.quick else 3)
   remats = a.remat.split(",")
   for r in remats:
-    if r not in ("none", "full", "dots", "dots_no_batch"):
-      p.error(f"--remat {r!r}: expected none, full, dots or dots_no_batch")
+    if r not in REMAT_POLICIES:
+      p.error(f"--remat {r!r}: expected one of {', '.join(REMAT_POLICIES)}")
   tag = f"{a.precision},{'scan' if a.scan else 'loop'},remat={a.remat},batch={a.batch}"
   load0 = sc.loadavg()
 
@@ -77,7 +78,6 @@ def main(argv=None) -> list[dict]:
       # The eval forward has no backward pass, so remat cannot change it: timed once.
       b = sc.Bench(sc.model_config(n, **over), a.batch, train=not a.no_train,
                    evaluate=not a.no_eval and i == 0)
-      b.remat = r
       benches[key] = b
       print(f"# compiled {key}: eval {b.eval_compile_s or 0:.1f} s, train step "
             f"{b.train_compile_s or 0:.1f} s", file=sys.stderr, flush=True)
@@ -117,7 +117,7 @@ def main(argv=None) -> list[dict]:
     records.append({
       "name": f"{n}_{kind}", "model": n.split("[")[0], "kind": kind, "config": tag,
       "batch": a.batch, "precision": a.precision, "scan": a.scan,
-      "remat": b.remat if kind == "train_step" else None,
+      "remat": b.cfg.remat_policy if kind == "train_step" else None,
       "seconds": s, "seconds_all": [round(t, 4) for t in ts], "flops": flops,
       "gflops_per_s": flops / s / 1e9, "fraction_of_peak": fraction,
       "fraction_of_run_median_peak": flops / s / ref,

@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import speed_common as sc  # noqa: E402
 
 from uniformerv2_jax import host_memory  # noqa: E402
+from uniformerv2_jax.model import REMAT_POLICIES  # noqa: E402
 
 OFFICIAL_FILE = os.path.join("slowfast", "models", "uniformerv2_model.py")
 
@@ -129,7 +130,7 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--official", required=True, help="checkout of OpenGVLab/UniFormerV2")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-  p.add_argument("--remat", default="dots", choices=["none", "full", "dots", "dots_no_batch"],
+  p.add_argument("--remat", default="dots", choices=REMAT_POLICIES,
                  help="this port's remat policy (default dots: the fastest on XLA:CPU)")
   a = p.parse_args(argv)
   import torch
