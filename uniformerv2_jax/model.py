@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -184,11 +184,14 @@ def _zeros(shape, dtype) -> nnx.Param:
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
   """LayerNorm computed in (at least) float32 and cast back, like CLIP's fp16-safe LayerNorm."""
   ct = jnp.promote_types(x.dtype, jnp.float32)
-  xf = x.astype(ct)
+  # Rows flattened to 2-D: XLA:CPU's YNNPACK reductions over the last axis of a tensor with a
+  # leading 1 (batch 1: [1, T, L, C]) ran ~20x slower than over [T*L, C] (the backward's
+  # row sums; benchmarks/RESULTS.md, session 13).
+  xf = x.reshape(-1, x.shape[-1]).astype(ct)
   mean = xf.mean(-1, keepdims=True)
   var = jnp.square(xf - mean).mean(-1, keepdims=True)
   y = (xf - mean) * jax.lax.rsqrt(var + eps) * scale.astype(ct) + bias.astype(ct)
-  return y.astype(x.dtype)
+  return y.astype(x.dtype).reshape(x.shape)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -324,8 +327,11 @@ class MultiHeadAttention(nnx.Module):
   def self_attention(self, x, dtype):
     """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``.
 
-    cuDNN's fused kernel (GPU, half precision) takes tokens before heads; everywhere else the
-    projections produce and consume heads before tokens (:func:`attention_heads_first`).
+    cuDNN's fused kernel (GPU, half precision) takes tokens before heads. Everywhere else the
+    projections are plain ``[N*L, C] x [C, 3C]`` / ``[N*L, C] x [C, C]`` matmuls with the
+    heads moved before the tokens in between (:func:`attention_heads_first`): head-structured
+    einsums (``nlc,cshd->snhld``) make XLA:CPU transpose weights and gradients around every
+    dot of the backward, ~5 % of the B/16 train step (benchmarks/RESULTS.md, session 13).
     """
     w = self.in_proj_kernel[...].astype(dtype)
     w_out = self.out_proj_kernel[...].astype(dtype)
@@ -336,9 +342,12 @@ class MultiHeadAttention(nnx.Module):
       out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation="cudnn")
       y = jnp.einsum("nlhd,hdc->nlc", out, w_out)
     else:
-      qkv = jnp.einsum("nlc,cshd->snhld", x, w) + bias[:, None, :, None]
+      n, l, c = x.shape
+      _, _, h, dh = w.shape
+      qkv = x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c)
+      qkv = qkv.reshape(n, l, 3, h, dh).transpose(2, 0, 3, 1, 4)  # [3, N, H, L, Dh]
       out = attention_heads_first(qkv[0], qkv[1], qkv[2])
-      y = jnp.einsum("nhld,hdc->nlc", out, w_out)
+      y = (out.transpose(0, 2, 1, 3).reshape(n * l, c) @ w_out.reshape(c, c)).reshape(n, l, c)
     return y + self.out_proj_bias[...].astype(dtype)
 
   def query_attention(self, q, y, dtype):
@@ -397,12 +406,11 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x, train: bool):
     ct = jnp.promote_types(x.dtype, jnp.float32)
-    xf = x.astype(ct)
-    axes = tuple(range(x.ndim - 1))
+    xf = x.reshape(-1, x.shape[-1]).astype(ct)  # 2-D, as in layer_norm
     if train:
-      mean = xf.mean(axes)
-      var = jnp.square(xf - mean).mean(axes)
-      n = math.prod(x.shape[:-1])
+      mean = xf.mean(0)
+      var = jnp.square(xf - mean).mean(0)
+      n = xf.shape[0]
       m = self.momentum
       rm, rv = self.mean[...], self.var[...]
       self.mean[...] = ((1 - m) * rm + m * jax.lax.stop_gradient(mean)).astype(rm.dtype)
@@ -412,7 +420,7 @@ class BatchNorm(nnx.Module):
     else:
       mean, var = self.mean[...].astype(ct), self.var[...].astype(ct)
     y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(ct)
-    return (y + self.bias[...].astype(ct)).astype(x.dtype)
+    return (y + self.bias[...].astype(ct)).astype(x.dtype).reshape(x.shape)
 
 
 class LocalMHRA(nnx.Module):
@@ -609,12 +617,6 @@ def _apply_stacked(module: nnx.Module, body, xs, carry, *, scan: bool, remat: st
   return carry, outs
 
 
-def _slice_module(module: nnx.Module, start: int, stop: int) -> nnx.Module:
-  """A view of layers [start, stop) of a stacked module (shares nothing; for the forward)."""
-  graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.tree.map(lambda a: a[start:stop], state))
-
-
 class UniFormerV2(nnx.Module):
   """The video model. ``model(x)`` with ``x [B, T, H, W, 3]`` float returns logits ``[B, K]``."""
 
@@ -660,12 +662,13 @@ class UniFormerV2(nnx.Module):
     x = jnp.concatenate([cls, x], axis=2) + self.positional_embedding[...].astype(dtype)
     return constrain_batch(self.ln_pre(x))
 
-  def _backbone(self, x, *, batch_stats, key, all_outputs):
-    """Returns the last block's output and the outputs of the RETURN_LIST blocks (stacked)."""
+  def _backbone(self, x, *, batch_stats, key):
+    """Returns the last block's output and every block's output (stacked ``[LAYERS, ...]``)."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     rates = jnp.asarray(np.linspace(0, cfg.backbone_drop_path_rate, cfg.layers), jnp.float32)
     keys = None if key is None else jax.random.split(key, cfg.layers)
+
     def body(carry, layer, xs):
       rate, k = xs
       # Block inputs and outputs stay split over the batch axes (see activation_sharding).
@@ -673,24 +676,13 @@ class UniFormerV2(nnx.Module):
                                 rate=rate, key=k))
       return y, y
 
-    xs_all = (rates, keys)
-    returns = cfg.sorted_return_list
-    # Layers before the first RETURN_LIST layer emit nothing; the rest emit every output and
-    # the RETURN_LIST ones are picked. (Avoids stacking a copy of every layer's output.)
-    first = 0 if all_outputs else returns[0]
-    outs = []
-    if first > 0:
-      head = _slice_module(self.resblocks, 0, first)
-      x, _ = _apply_stacked(head, body, _slice_xs(xs_all, 0, first), x, scan=cfg.scan_layers,
-                            remat=cfg.remat_policy, emit=False)
-      tail = _slice_module(self.resblocks, first, cfg.layers)
-      x, outs = _apply_stacked(tail, body, _slice_xs(xs_all, first, cfg.layers), x,
-                               scan=cfg.scan_layers, remat=cfg.remat_policy, emit=True)
-      _write_back_stats(self.resblocks, [head, tail])
-    else:
-      x, outs = _apply_stacked(self.resblocks, body, xs_all, x, scan=cfg.scan_layers,
-                               remat=cfg.remat_policy, emit=True)
-    return x, outs, first
+    # One scan over all layers, every output emitted (the RETURN_LIST ones are picked after).
+    # Scanning the layers before the first RETURN_LIST layer separately would save stacking
+    # their outputs, but the backward then assembles every stacked weight's gradient from two
+    # padded halves: on XLA:CPU that cost more time and more temporary memory than the outputs
+    # (B/16 train step 1.81 vs 2.07 GiB; benchmarks/RESULTS.md, session 13).
+    return _apply_stacked(self.resblocks, body, (rates, keys), x, scan=cfg.scan_layers,
+                          remat=cfg.remat_policy, emit=True)
 
   def _global_branch(self, features, *, train, key):
     """features ``[N_LAYERS, B, T', L, D]`` -> video token after each global block."""
@@ -745,13 +737,13 @@ class UniFormerV2(nnx.Module):
     x = self.stem(x)
     if return_intermediates:
       inter["stem"] = x
-    last, outs, first = self._backbone(x, batch_stats=batch_stats, key=k_backbone,
-                                       all_outputs=return_intermediates)
+    last, outs = self._backbone(x, batch_stats=batch_stats, key=k_backbone)
     if return_intermediates:
       for i in range(cfg.layers):
-        inter[f"block_{i:02d}"] = outs[i - first]
-    picks = [i - first for i in cfg.sorted_return_list]
-    features = outs if picks == list(range(outs.shape[0])) else outs[jnp.asarray(picks)]
+        inter[f"block_{i:02d}"] = outs[i]
+    picks = cfg.sorted_return_list
+    contiguous = picks == tuple(range(picks[0], picks[-1] + 1))
+    features = outs[picks[0] : picks[-1] + 1] if contiguous else outs[np.asarray(picks)]
     if cfg.frozen:
       # FROZEN recipes never update the CLIP backbone: stop the backward pass at its outputs
       # (about 2/3 of a training step's backward is skipped; the optimizer zeroes those
@@ -783,18 +775,6 @@ class UniFormerV2(nnx.Module):
     # Logits leave in (at least) float32 whatever the compute dtype.
     dtype = jnp.dtype(self.cfg.dtype)
     return self.head(h, dtype).astype(jnp.promote_types(dtype, jnp.float32))
-
-
-def _slice_xs(xs, start, stop):
-  return jax.tree.map(lambda a: a[start:stop], xs)
-
-
-def _write_back_stats(module: nnx.Module, parts: Sequence[nnx.Module]):
-  """Concatenate the (possibly updated) non-param state of sliced views back into ``module``."""
-  rests = [nnx.split(p, nnx.Param, ...)[2] for p in parts]
-  if not jax.tree.leaves(rests[0]):
-    return
-  nnx.update(module, jax.tree.map(lambda *a: jnp.concatenate(a), *rests))
 
 
 def count_params(model_or_state) -> int:
