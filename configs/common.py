@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     batch=("data", "fsdp"), embed="fsdp", heads="tensor", mlp="tensor", classes="tensor"))
   c.bn_sync = True  # BatchNorm statistics over the global batch (False, per-device: not built yet)
   c.precision = "float32"  # float32 | bfloat16 (compute; params stay float32)
-  c.remat_policy = "none"  # none | full | dots | dots_no_batch
+  c.remat_policy = "none"  # none | full | dots | dots_no_batch | qkv_mlp (fastest on CPU)
   c.scan_layers = True
   c.model = ml_collections.ConfigDict()
   return c

@@ -173,7 +173,7 @@ def test_scan_and_loop_are_identical(name):
     np.testing.assert_array_equal(results[True][2][k], results[False][2][k], err_msg=str(k))
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "qkv_mlp"])
 def test_remat_does_not_change_results(policy):
   name = "tiny_ssv2"
   x = channels_last(np.load(FIXTURES / name / "input.npy"))

@@ -23,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from uniformerv2_jax.activation_sharding import constrain_batch
 
 # Collections whose parameters carry a leading stacked-layer axis.
 STACKED = ("resblocks", "dpe", "dec")
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ModelConfig:
   frozen: bool = False  # UNIFORMERV2.FROZEN: no `balance`, output = video token, backbone frozen
   # Implementation choices; none of them changes the numbers.
   scan_layers: bool = True
-  remat_policy: str = "none"  # none | full | dots | dots_no_batch
+  remat_policy: str = "none"  # none | full | dots | dots_no_batch | qkv_mlp (_remat)
   dtype: str = "float32"  # compute dtype of matmuls / activations
   param_dtype: str = "float32"
 
@@ -338,13 +339,14 @@ class MultiHeadAttention(nnx.Module):
     bias = self.qkv_bias(dtype)
     x = x.astype(dtype)
     if use_cudnn_attention(dtype):
-      qkv = jnp.einsum("nlc,cshd->snlhd", x, w) + bias[:, None, None]
+      qkv = checkpoint_name(jnp.einsum("nlc,cshd->snlhd", x, w) + bias[:, None, None], "qkv")
       out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation="cudnn")
       y = jnp.einsum("nlhd,hdc->nlc", out, w_out)
     else:
       n, l, c = x.shape
       _, _, h, dh = w.shape
-      qkv = x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c)
+      qkv = checkpoint_name(x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c),
+                            "qkv")
       qkv = qkv.reshape(n, l, 3, h, dh).transpose(2, 0, 3, 1, 4)  # [3, N, H, L, Dh]
       out = attention_heads_first(qkv[0], qkv[1], qkv[2])
       y = (out.transpose(0, 2, 1, 3).reshape(n * l, c) @ w_out.reshape(c, c)).reshape(n, l, c)
@@ -384,7 +386,7 @@ class MLP(nnx.Module):
       self.c_proj = Dense(hidden, dim, rngs=rngs, param_dtype=param_dtype)
 
   def __call__(self, x, dtype, dropout_rate=0.0, key=None):
-    h = quick_gelu(self.c_fc(x, dtype))
+    h = quick_gelu(checkpoint_name(self.c_fc(x, dtype), "mlp_hidden"))
     h = dropout(h, dropout_rate, key)
     return self.c_proj(h, dtype)
 
@@ -480,10 +482,11 @@ class ResidualBlock(nnx.Module):
     token_mask = (1, 1, l, 1)
     if hasattr(self, "lmhra1"):
       x = self._lmhra(self.lmhra1, x, train, dtype, rate, keys[0])
+    x = checkpoint_name(x, "residual")  # the residual stream between branches (remat qkv_mlp)
     h = self.attn.self_attention(self.ln_1(x).reshape(b * t, l, c), dtype).reshape(b, t, l, c)
-    x = x + drop_path(h, rate, keys[1], token_mask).astype(x.dtype)
+    x = checkpoint_name(x + drop_path(h, rate, keys[1], token_mask).astype(x.dtype), "residual")
     if hasattr(self, "lmhra2"):
-      x = self._lmhra(self.lmhra2, x, train, dtype, rate, keys[2])
+      x = checkpoint_name(self._lmhra(self.lmhra2, x, train, dtype, rate, keys[2]), "residual")
     h = self.mlp(self.ln_2(x), dtype)
     x = x + drop_path(h, rate, keys[3], token_mask).astype(x.dtype)
     return x
@@ -572,12 +575,18 @@ def _stacked(n: int, make, rngs: nnx.Rngs):
 
 
 def _remat(fn, policy: str):
+  """Rematerialisation of one backbone layer. ``qkv_mlp`` saves only the q/k/v projection, the
+  MLP's hidden pre-activation and the residual stream between branches (everything else is
+  recomputed): on XLA:CPU it beat ``dots`` (B/16 train step ~8 % faster, 1.57 vs 1.80 GiB
+  temporaries), whose many saved dot outputs each cost a stacked write, a read and a
+  zero-initialised buffer per step (benchmarks/RESULTS.md, session 13)."""
   if policy == "none":
     return fn
   policies = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "qkv_mlp": jax.checkpoint_policies.save_only_these_names("qkv", "mlp_hidden", "residual"),
   }
   return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
 
