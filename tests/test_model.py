@@ -321,6 +321,51 @@ def test_hand_written_attention_vjp_matches_autodiff():
     np.testing.assert_allclose(np.asarray(g, np.float32), g_f32, atol=0.05)
 
 
+def test_attention_projection_forms_agree(monkeypatch):
+  """The CPU form of the attention projections (flat matmuls) and the accelerators' form
+  (head-structured einsums) compute the same function: outputs and gradients w.r.t. the input
+  and every parameter agree to float64 round-off."""
+  from uniformerv2_jax import model as m
+
+  with jax.enable_x64(True):
+    attn = m.MultiHeadAttention(8, 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    rng = np.random.default_rng(0)
+    attn.in_proj_bias[...] = jnp.asarray(rng.standard_normal(24))
+    attn.out_proj_bias[...] = jnp.asarray(rng.standard_normal(8))
+    graphdef, params = nnx.split(attn)
+    x = jnp.asarray(rng.standard_normal((3, 5, 8)))
+    ct = jnp.asarray(rng.standard_normal((3, 5, 8)))
+
+    def run(flat):
+      monkeypatch.setattr(m, "use_flat_projections", lambda: flat)
+
+      def f(p, x):
+        return nnx.merge(graphdef, p).self_attention(x, jnp.float64)
+
+      out, vjp = jax.vjp(f, params, x)
+      return out, vjp(ct)
+
+    (out_flat, grads_flat), (out_heads, grads_heads) = run(True), run(False)
+  np.testing.assert_allclose(out_flat, out_heads, rtol=0, atol=1e-12)
+  for a, b in zip(jax.tree.leaves(grads_flat), jax.tree.leaves(grads_heads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_target_platform_selects_the_backend_forms():
+  """AOT compilation for another platform (the TPU memory plan on a CPU host) traces that
+  platform's forms; outside the context the local backend decides."""
+  from uniformerv2_jax import model as m
+
+  assert m.use_flat_projections() == (jax.default_backend() == "cpu")
+  with m.target_platform("tpu"):
+    assert not m.use_flat_projections()
+    assert not m.use_cudnn_attention(jnp.bfloat16)
+  with m.target_platform("gpu"):
+    assert m.use_cudnn_attention(jnp.bfloat16) and not m.use_cudnn_attention(jnp.float32)
+  with m.target_platform("cpu"):
+    assert m.use_flat_projections()
+
+
 def test_dpe_shifted_sums_match_grouped_convolution():
   """The DPE's 27 shifted multiply-adds and their autodiff against XLA's grouped convolution
   (float64): same output, same input and kernel gradients."""

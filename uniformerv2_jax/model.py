@@ -14,6 +14,8 @@ parameters. The global branch reads the RETURN_LIST features afterwards; it neve
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -263,9 +265,34 @@ def _attention_bwd(res, do):
 attention_heads_first.defvjp(_attention_fwd, _attention_bwd)
 
 
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+  "uniformerv2_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+  """Trace the model's backend-specific forms for ``platform`` ("cpu", "gpu", "tpu") instead
+  of the default backend: for ahead-of-time compilation for other devices (the memory plan
+  for a TPU topology, compiled on a CPU host)."""
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
+def _platform() -> str:
+  return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
 def use_cudnn_attention(dtype) -> bool:
   """cuDNN's fused (flash) attention: GPU only, half precision only."""
-  return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+  return _platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+
+
+def use_flat_projections() -> bool:
+  """Attention projections as flat matmuls (CPU; see MultiHeadAttention.self_attention)."""
+  return _platform() == "cpu"
 
 
 def _split(key, n):
@@ -328,11 +355,13 @@ class MultiHeadAttention(nnx.Module):
   def self_attention(self, x, dtype):
     """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``.
 
-    cuDNN's fused kernel (GPU, half precision) takes tokens before heads. Everywhere else the
-    projections are plain ``[N*L, C] x [C, 3C]`` / ``[N*L, C] x [C, C]`` matmuls with the
-    heads moved before the tokens in between (:func:`attention_heads_first`): head-structured
-    einsums (``nlc,cshd->snhld``) make XLA:CPU transpose weights and gradients around every
-    dot of the backward, ~5 % of the B/16 train step (benchmarks/RESULTS.md, session 13).
+    Three forms of the same math, by backend: cuDNN's fused kernel (GPU, half precision) takes
+    tokens before heads; elsewhere the heads go before the tokens (:func:`attention_heads_first`).
+    On CPU the projections are plain ``[N*L, C] x [C, 3C]`` / ``[C, C]`` matmuls: the
+    head-structured einsums made XLA:CPU transpose weights and gradients around the backward's
+    dots (~5 % of the B/16 train step; benchmarks/RESULTS.md, session 13). On accelerators the
+    einsums keep the heads axis, so a tensor-parallel mesh keeps the weights split by head
+    (flattening ``[C, 3, H, Dh]`` would merge the split axis into a replicated one).
     """
     w = self.in_proj_kernel[...].astype(dtype)
     w_out = self.out_proj_kernel[...].astype(dtype)
@@ -341,15 +370,18 @@ class MultiHeadAttention(nnx.Module):
     if use_cudnn_attention(dtype):
       qkv = checkpoint_name(jnp.einsum("nlc,cshd->snlhd", x, w) + bias[:, None, None], "qkv")
       out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation="cudnn")
-      y = jnp.einsum("nlhd,hdc->nlc", out, w_out)
-    else:
+      return jnp.einsum("nlhd,hdc->nlc", out, w_out) + self.out_proj_bias[...].astype(dtype)
+    if use_flat_projections():
       n, l, c = x.shape
       _, _, h, dh = w.shape
-      qkv = checkpoint_name(x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c),
-                            "qkv")
-      qkv = qkv.reshape(n, l, 3, h, dh).transpose(2, 0, 3, 1, 4)  # [3, N, H, L, Dh]
-      out = attention_heads_first(qkv[0], qkv[1], qkv[2])
+      qkv = x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c)
+      qkv = checkpoint_name(qkv, "qkv").reshape(n, l, 3, h, dh).transpose(2, 0, 3, 1, 4)
+      out = attention_heads_first(qkv[0], qkv[1], qkv[2])  # [N, H, L, Dh]
       y = (out.transpose(0, 2, 1, 3).reshape(n * l, c) @ w_out.reshape(c, c)).reshape(n, l, c)
+    else:
+      qkv = checkpoint_name(jnp.einsum("nlc,cshd->snhld", x, w) + bias[:, None, :, None], "qkv")
+      out = attention_heads_first(qkv[0], qkv[1], qkv[2])
+      y = jnp.einsum("nhld,hdc->nlc", out, w_out)
     return y + self.out_proj_bias[...].astype(dtype)
 
   def query_attention(self, q, y, dtype):

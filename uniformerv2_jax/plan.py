@@ -52,7 +52,7 @@ import numpy as np
 from uniformerv2_jax import flops as flops_lib
 from uniformerv2_jax import sharding as shard_lib
 from uniformerv2_jax import train as train_lib
-from uniformerv2_jax.model import abstract_model, count_params
+from uniformerv2_jax.model import abstract_model, count_params, target_platform
 from uniformerv2_jax.optim import OptimConfig, make_optimizer
 from uniformerv2_jax.steps import TrainState, split_model
 
@@ -204,7 +204,8 @@ def compile_step(run: train_lib.Run, clips: int):
     run.mesh, run.rules, len(v.shape))) for k, v in shapes.items()}
   state = _with_shardings(run.state, run.state_shardings)
   t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch).compile()
+  with target_platform(run.mesh.devices.flat[0].platform):  # e.g. a TPU topology from a CPU host
+    compiled = jitted.lower(state, batch).compile()
   return compiled, time.perf_counter() - t0
 
 
