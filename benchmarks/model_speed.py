@@ -17,10 +17,11 @@ load or a drifting host hits both alike; the load average is recorded in every l
 
 The train step runs with ``remat_policy=qkv_mlp`` unless ``--remat`` says otherwise: on XLA:CPU,
 keeping only the q/k/v projection, the MLP hidden layer and the residual stream and recomputing
-the rest in the backward pass beats stacking every residual in the scanned backbone (B/16 on
-one host: 4.6 s vs 4.7 s with ``dots``, 5.2 s with ``full``, 6.6 s with ``none``, and less memory;
-benchmarks/RESULTS.md). The FLOP count stays the model's (recomputation is not counted), so the
-fraction of peak is MFU-like.
+the rest in the backward pass beats stacking every residual in the scanned backbone (B/16, same
+run: 4.49 s vs 4.90 s with ``dots``; one noisier run had them the other way round; ``full`` and
+``none`` 0.5 s and 2 s slower than ``dots``; and the least memory after ``full``;
+benchmarks/RESULTS.md, session 13). The FLOP count stays the model's (recomputation is not
+counted), so the fraction of peak is MFU-like.
 
 Targets on a quiet 2-core machine: B/16 eval forward >= 0.85 and train step >= 0.80 of the
 matmul rate; B/16 train-step compile <= 30 s.
