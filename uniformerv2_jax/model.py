@@ -609,9 +609,10 @@ def _stacked(n: int, make, rngs: nnx.Rngs):
 def _remat(fn, policy: str):
   """Rematerialisation of one backbone layer. ``qkv_mlp`` saves only the q/k/v projection, the
   MLP's hidden pre-activation and the residual stream between branches (everything else is
-  recomputed): on XLA:CPU it beat ``dots`` (B/16 train step ~8 % faster, 1.57 vs 1.80 GiB
-  temporaries), whose many saved dot outputs each cost a stacked write, a read and a
-  zero-initialised buffer per step (benchmarks/RESULTS.md, session 13)."""
+  recomputed): on XLA:CPU it beat ``dots`` in 2 of 3 same-run B/16 comparisons (~8 %; one noisy
+  run had it 7 % slower) with 1.57 vs 1.80 GiB temporaries: ``dots`` saves every dot output,
+  each a stacked write, a read and a zero-initialised buffer per step (benchmarks/RESULTS.md,
+  session 13)."""
   if policy == "none":
     return fn
   policies = {
@@ -721,7 +722,7 @@ class UniFormerV2(nnx.Module):
     # Scanning the layers before the first RETURN_LIST layer separately would save stacking
     # their outputs, but the backward then assembles every stacked weight's gradient from two
     # padded halves: on XLA:CPU that cost more time and more temporary memory than the outputs
-    # (B/16 train step 1.81 vs 2.07 GiB; benchmarks/RESULTS.md, session 13).
+    # (B/16 train-step temporaries 1.81 vs 2.07 GiB; benchmarks/RESULTS.md, session 13).
     return _apply_stacked(self.resblocks, body, (rates, keys), x, scan=cfg.scan_layers,
                           remat=cfg.remat_policy, emit=True)
 
