@@ -366,13 +366,17 @@ def test_target_platform_selects_the_backend_forms():
     assert m.use_flat_projections()
 
 
-def test_dpe_shifted_sums_match_grouped_convolution():
-  """The DPE's 27 shifted multiply-adds and their autodiff against XLA's grouped convolution
-  (float64): same output, same input and kernel gradients."""
-  from uniformerv2_jax.model import DepthwiseConv3d
+@pytest.mark.parametrize("custom_vjp", [True, False], ids=["cpu_vjp", "autodiff"])
+def test_dpe_shifted_sums_match_grouped_convolution(monkeypatch, custom_vjp):
+  """The DPE's 27 shifted multiply-adds against XLA's grouped convolution (float64): same
+  output, same input and kernel gradients, with the hand-written VJP (CPU) and with autodiff
+  (accelerators)."""
+  from uniformerv2_jax import model as m
+
+  monkeypatch.setattr(m, "use_dpe_vjp", lambda: custom_vjp)
 
   def dpe(x, k):
-    module = DepthwiseConv3d(3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    module = m.DepthwiseConv3d(3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     module.kernel[...] = k[:, :, :, None, :]
     return module(x, jnp.float64)
 
@@ -385,3 +389,23 @@ def test_dpe_shifted_sums_match_grouped_convolution():
   np.testing.assert_allclose(out, out_ref, rtol=0, atol=1e-12)
   for g, g_ref in zip(grads, grads_ref, strict=True):
     np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-12)
+  # bfloat16 inputs: gradients keep the dtype and stay close to the float32 convolution.
+  rng = np.random.default_rng(1)
+  x, k, ct = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
+              for s in [(1, 3, 4, 4, 8), (3, 3, 3, 8), (1, 3, 4, 4, 8)])
+  grads_bf16 = jax.vjp(m.depthwise_conv3x3x3, x, k)[1](ct)
+  f32 = [a.astype(jnp.float32) for a in (x, k, ct)]
+  grads_f32 = jax.vjp(ref, f32[0], f32[1])[1](f32[2])
+  for g, g_f32 in zip(grads_bf16, grads_f32, strict=True):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), g_f32, rtol=0.02, atol=0.1)
+
+
+def test_dpe_vjp_follows_the_platform():
+  from uniformerv2_jax import model as m
+
+  assert m.use_dpe_vjp() == (jax.default_backend() == "cpu")
+  with m.target_platform("tpu"):
+    assert not m.use_dpe_vjp()
+  with m.target_platform("cpu"):
+    assert m.use_dpe_vjp()

@@ -295,6 +295,11 @@ def use_flat_projections() -> bool:
   return _platform() == "cpu"
 
 
+def use_dpe_vjp() -> bool:
+  """The DPE with its hand-written VJP (CPU; see depthwise_conv3x3x3)."""
+  return _platform() == "cpu"
+
+
 def _split(key, n):
   return (None,) * n if key is None else tuple(jax.random.split(key, n))
 
@@ -524,11 +529,67 @@ class ResidualBlock(nnx.Module):
     return x
 
 
+def _shifted_sums(x: jax.Array, k: jax.Array) -> jax.Array:
+  """``sum_{a,b,c} pad(x)[:, t+a, h+b, w+c] * k[a, b, c]``: a depthwise 3x3x3 correlation with
+  zero padding 1. ``x [B, T, H, W, C]``, ``k [3, 3, 3, C]``."""
+  t, h, w = x.shape[1:4]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+  return sum(xp[:, a : a + t, b : b + h, c : c + w] * k[a, b, c]
+             for a in range(3) for b in range(3) for c in range(3))
+
+
+def _depthwise_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
+  """``dk[a, b, c] = sum over B, T, H, W of pad(x)[:, t+a, h+b, w+c] * dy`` (``[3, 3, 3, C]``),
+  accumulated in >= float32 one output frame at a time: that frame's 3 padded input frames
+  and its gradient stay in cache for all 27 products (27 whole-clip reductions re-read both
+  tensors from memory each time: ~3x slower on CPU)."""
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  _, t, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+
+  def frame(total, f):
+    slab = jax.lax.dynamic_slice_in_dim(xp, f, 3, axis=1)
+    d = jax.lax.dynamic_index_in_dim(dy, f, axis=1, keepdims=False)
+    sums = [(slab[:, dt, dh : dh + h, dw : dw + w] * d).sum((0, 1, 2), dtype=acc)
+            for dt in range(3) for dh in range(3) for dw in range(3)]
+    return total + jnp.stack(sums), None
+
+  dk, _ = jax.lax.scan(frame, jnp.zeros((27, c), acc), jnp.arange(t))
+  return dk.reshape(3, 3, 3, c).astype(x.dtype)
+
+
+@jax.custom_vjp
+def depthwise_conv3x3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+  """:func:`_shifted_sums` with a hand-written VJP that keeps only ``x`` for the backward.
+
+  On XLA:CPU, autodiff of the 27 shifted products keeps each shifted copy of the input for the
+  kernel gradient: 27 copies of every global block's input (B/16 batch 1: 0.43 of the train
+  step's 1.57 GiB of temporaries; L/14@336 64f f32: ~10 GiB). Here the input gradient is the
+  same correlation of ``dy`` with the flipped kernel and the kernel gradient is recomputed
+  from ``x`` (:func:`_depthwise_kernel_grad`).
+  """
+  return _shifted_sums(x, k)
+
+
+def _depthwise_fwd(x, k):
+  return _shifted_sums(x, k), (x, k)
+
+
+def _depthwise_bwd(res, dy):
+  x, k = res
+  return _shifted_sums(dy, k[::-1, ::-1, ::-1]), _depthwise_kernel_grad(x, dy)
+
+
+depthwise_conv3x3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 class DepthwiseConv3d(nnx.Module):
   """DPE: depthwise 3x3x3 conv (zero padding 1), kernel ``[3, 3, 3, 1, C]`` (DHWIO).
 
-  Computed as 27 shifted multiply-adds, which XLA fuses into one loop: a grouped
-  ``conv_general_dilated`` costs ~12x more in its backward pass on CPU.
+  Computed as 27 shifted multiply-adds, which XLA fuses into one loop (a grouped
+  ``conv_general_dilated`` costs ~12x more in its backward pass on CPU). On CPU with a
+  hand-written VJP (:func:`depthwise_conv3x3x3`). Accelerators keep plain autodiff: the TPU
+  compiler's AOT plans at 1 clip per chip were equal or smaller with it (GPU unmeasured).
   """
 
   def __init__(self, dim, *, rngs, param_dtype):
@@ -537,13 +598,9 @@ class DepthwiseConv3d(nnx.Module):
 
   def __call__(self, x, dtype):
     """``x [B, T', g, g, C]``."""
-    x = x.astype(dtype)
-    k = self.kernel[...].astype(dtype)
-    t, h, w = x.shape[1:4]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-    y = sum(xp[:, a : a + t, b : b + h, c : c + w] * k[a, b, c, 0]
-            for a in range(3) for b in range(3) for c in range(3))
-    return y + self.bias[...].astype(dtype)
+    k = self.kernel[...].astype(dtype)[:, :, :, 0]
+    conv = depthwise_conv3x3x3 if use_dpe_vjp() else _shifted_sums
+    return conv(x.astype(dtype), k) + self.bias[...].astype(dtype)
 
 
 class Extractor(nnx.Module):
