@@ -29,8 +29,7 @@ from uniformerv2_jax.steps import (  # noqa: E402
   split_model,  # noqa: E402
 )
 
-TINY_JSON = Path(os.environ.get("UNIFORMERV2_SHARED", REPO.parent / "shared")) / \
-  "fixtures" / "tiny_k400" / "config.json"
+TINY_JSON = REPO / "tests" / "fixtures" / "tiny_k400" / "config.json"
 
 # Dense bf16 peaks (TFLOP/s, no sparsity) by device_kind substring, most specific first.
 GPU_BF16_PEAK_TFLOPS = (

@@ -59,8 +59,8 @@ class PythonBlock:
   check: str
 
 
-# Files the README names, as the workspace provides them (paths under shared/fixtures, or how
-# the test makes them).
+# Files the README names, as the test provides them (paths under tests/fixtures, or how the
+# test makes them).
 WORKSPACE_FILES = {
   "k400_uniformerv2_b16_8x224.pyth": "fixture tiny_k400/model.pth (official flat state dict)",
   "model.pth": "fixture tiny_k400/model.pth",

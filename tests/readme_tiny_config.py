@@ -9,7 +9,7 @@ command runs on a CPU in seconds. ``MODEL``:
 
 * ``tiny`` (default): the zoo model's design (local MHRA or not, temporal downsampling, frozen
   backbone, global blocks on the last layers) at toy sizes;
-* ``tiny_k400``: the model of the shared ``tiny_k400`` fixture (its checkpoint stands in for
+* ``tiny_k400``: the model of the ``tiny_k400`` fixture (``tests/fixtures``) (its checkpoint stands in for
   ``k400_uniformerv2_b16_8x224.pyth``);
 * ``tiny_clip``: the zoo model's design on the backbone of the ``tiny_clip`` fixture (its CLIP
   stands in for ``ViT-B-16.pt``).
@@ -21,14 +21,12 @@ the README test writes: 10 classes, its ``labels.txt``, 32x32 crops, 1 test view
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 from configs import common
 from uniformerv2_jax.model import ModelConfig
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("UNIFORMERV2_SHARED", REPO.parent / "shared")) / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NUM_CLASSES = 10  # the generated dataset's
 
 

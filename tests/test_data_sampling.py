@@ -1,4 +1,4 @@
-"""Temporal sampling against the official index tables (shared/fixtures/data_sampling)."""
+"""Temporal sampling against the official index tables (tests/fixtures/data_sampling)."""
 
 
 import numpy as np

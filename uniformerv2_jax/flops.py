@@ -1,6 +1,8 @@
 """Multiply-accumulate counts of the official UniFormerV2 forward (1 MAC = 1 "FLOP" as fvcore
-and the paper count). Used for throughput / MFU figures: the spec's section-5 numbers
-(B/16 8x224: 148.1 GMACs per view) follow from it.
+and the paper count). Used for throughput / MFU figures. It counts the matmuls and convolutions
+of the official forward (patch embedding, attention, MLPs, local MHRA, DPE, the global blocks,
+the head) and ignores element-wise work; for B/16 8x224 it gives 148.1 GMACs per view, the
+figure the paper reports (148 GFLOPs x 1 view).
 
 Note: this port computes the global blocks' one-query attention without projecting every token
 to keys and values (same math, ~2·T'·L·D² fewer MACs per global block), so it does slightly less

@@ -3,7 +3,7 @@
 A CLIP ViT runs on every frame (frames folded into the batch), optionally with local temporal
 modules (local MHRA) inside each block; after chosen blocks a global UniBlock (DPE + one-query
 cross-attention + MLP) updates a single video token; the head reads a learned mix of that token
-and the frame-averaged class token. See ``shared/spec/uniformerv2_spec.md`` for the facts.
+and the frame-averaged class token.
 
 Layout: video ``[B, T, H, W, 3]`` (channels last), tokens ``[B, T', L, C]`` batch-major with the
 class token at ``L = 0`` and patches row-major after it. The backbone blocks are stacked along a
