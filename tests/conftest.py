@@ -8,7 +8,8 @@ import pytest
 
 # Ground truth produced by the official PyTorch code (see fixtures/README.md); carried in the
 # repository so that a clone tests itself with nothing beside it.
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 
 # Parity tests compare float32 results at 1e-4: ask XLA for full-precision matmuls everywhere.
 jax.config.update("jax_default_matmul_precision", "highest")
