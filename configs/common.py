@@ -59,8 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_head = "new"  # new (DELETE_SPECIAL_HEAD) | keep | slice (first K rows)
   # ---- data
   c.dataset = ml_collections.ConfigDict(dict(
-    name="", kind="video_list",  # video_list | frame_folders | tfds | arrayrecord | demo
+    # video_list | frame_folders | ucf101 | hmdb51 | tfds | arrayrecord | demo
+    name="", kind="video_list",
     root="",  # directory the list files and videos are relative to
+    split=1,  # ucf101 / hmdb51: which official split (1, 2, 3) the split files give
     train_list="train.csv", val_list="val.csv", test_list="test.csv",
     sep=",", frame_template="img_{:05d}.jpg", bgr=False,
     tfds_name="", tfds_data_dir="", video_key="video", label_key="label",
