@@ -1,4 +1,4 @@
-"""Temporal frame sampling: TSN sparse (the official UniFormerV2 recipes) and dense clips.
+"""Temporal frame sampling: TSN sparse (the official UniFormerV2 recipes) and SlowFast dense clips.
 
 All functions return 0-based frame indices as ``np.int64`` arrays (``sparse_*`` for SSv2 frame
 folders add ``index_base=1`` to get the 1-based file numbers the official loader opens).
@@ -72,6 +72,14 @@ def _wrap_short(idx: np.ndarray, video_length: int, mode: str) -> np.ndarray:
   raise ValueError(f"unknown short-video mode {mode!r} (use 'clamp' or 'loop')")
 
 
+def _dense_delta(video_length: int, num_frames: int, sampling_rate: int) -> int:
+  """SlowFast's ``delta = max(video_size - clip_size, 0)`` with ``clip_size = rate * T``."""
+  if num_frames <= 0 or sampling_rate <= 0:
+    raise ValueError(f"num_frames and sampling_rate must be positive, got {num_frames}, "
+                     f"{sampling_rate}")
+  return max(int(video_length) - num_frames * sampling_rate, 0)
+
+
 def dense_train_indices(
   video_length: int,
   num_frames: int,
@@ -79,15 +87,20 @@ def dense_train_indices(
   rng: np.random.Generator,
   short_video: str = "clamp",
 ) -> np.ndarray:
-  """A clip of ``num_frames`` frames at stride ``sampling_rate`` from a uniformly random start.
+  """A dense training clip exactly as SlowFast draws it (``clip_idx = -1``).
 
-  Videos shorter than the clip extent start at 0; the overhanging indices are clamped to the
-  last frame (``short_video='clamp'``) or wrap around (``'loop'``).
+  ``start ~ U(0, delta)`` (a real number, ``delta = max(L - rate T, 0)``), then
+  ``floor(linspace(start, start + rate T - 1, T))``: so the first index is uniform over
+  ``0 .. delta - 1`` (0 when ``delta == 0``) and the frames are spaced ``(rate T - 1) / (T - 1)``
+  apart, not ``rate``. Indices past the end are clamped to the last frame like SlowFast
+  (``short_video='clamp'``) or wrap around (``'loop'``, not in SlowFast).
   """
-  extent = (num_frames - 1) * sampling_rate + 1
-  max_start = max(0, video_length - extent)
-  start = int(rng.integers(0, max_start, endpoint=True))
-  idx = start + sampling_rate * np.arange(num_frames, dtype=np.int64)
+  delta = _dense_delta(video_length, num_frames, sampling_rate)
+  start = float(rng.uniform(0.0, delta)) if delta > 0 else 0.0
+  i = np.arange(num_frames, dtype=np.float64)
+  span = num_frames * sampling_rate - 1
+  offsets = i * span / (num_frames - 1) if num_frames > 1 else i
+  idx = np.floor(start + offsets).astype(np.int64)
   return _wrap_short(idx, video_length, short_video)
 
 
@@ -99,21 +112,29 @@ def dense_test_indices(
   num_clips: int = 1,
   short_video: str = "clamp",
 ) -> np.ndarray:
-  """View ``clip_index`` of ``num_clips`` evenly spaced dense clips (SlowFast's uniform starts).
+  """View ``clip_index`` of ``num_clips`` dense clips: SlowFast's ``get_start_end_idx`` with
+  ``use_offset=True`` (the official UniFormerV2 configs set ``DATA.USE_OFFSET_SAMPLING``).
 
-  Start = floor(max_start * v / (V - 1)) for V > 1 (first and last possible clip included);
-  a single clip is centred.
+  ``delta = max(L - rate T, 0)``; start = ``v * floor(delta / (V - 1))`` for V > 1 (the first
+  clip starts at frame 0, the last at or just before ``delta``) and ``floor(delta / 2)`` for a
+  single view; frames are SlowFast's ``temporal_sampling``: ``floor(linspace(start,
+  start + rate T - 1, T))`` clamped to the last frame. The linspace is evaluated exactly here;
+  SlowFast evaluates it in float32 (``torch.linspace``), which can land one ulp below an
+  exactly integral value and truncate it one frame earlier (a few in a thousand (T, rate,
+  start) cases; never more than one frame). Assumes the video's frame rate equals SlowFast's
+  ``target_fps`` (clip size ``rate T`` frames).
   """
   if not 0 <= clip_index < num_clips:
     raise ValueError(f"clip_index {clip_index} outside [0, {num_clips})")
-  extent = (num_frames - 1) * sampling_rate + 1
-  max_start = max(0, video_length - extent)
+  delta = _dense_delta(video_length, num_frames, sampling_rate)
   if num_clips == 1:
-    start = max_start // 2
+    start = delta // 2
   else:
-    start = (max_start * clip_index) // (num_clips - 1)
-  idx = start + sampling_rate * np.arange(num_frames, dtype=np.int64)
-  return _wrap_short(idx, video_length, short_video)
+    start = clip_index * (delta // (num_clips - 1))
+  i = np.arange(num_frames, dtype=np.int64)
+  span = num_frames * sampling_rate - 1
+  offsets = (i * span) // (num_frames - 1) if num_frames > 1 else i
+  return _wrap_short(start + offsets, video_length, short_video)
 
 
 def frames_to_sample(backbone_frames: int, temporal_downsample: bool) -> int:
