@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -33,6 +33,10 @@ from uniformerv2_jax.activation_sharding import constrain_batch
 STACKED = ("resblocks", "dpe", "dec")
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_mlp")
+
+# Activation of the backbone MLPs. The official model is OpenAI CLIP's QuickGELU; exact (erf)
+# GELU is for CLIP towers trained with it (open_clip's LAION ViT-B-16, timm vit_*_clip_*).
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,10 @@ class ModelConfig:
   mlp_dropout: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
   cls_dropout: float = 0.5
   frozen: bool = False  # UNIFORMERV2.FROZEN: no `balance`, output = video token, backbone frozen
+  # Backbone MLP activation: quick_gelu (official, OpenAI CLIP) | gelu (exact erf GELU, for CLIP
+  # towers trained with torch.nn.GELU()). The global blocks keep QuickGELU either way: the
+  # official Extractor hard-codes it, independent of the image tower.
+  activation: str = "quick_gelu"
   # Implementation choices; none of them changes the numbers.
   scan_layers: bool = True
   remat_policy: str = "none"  # none | full | dots | dots_no_batch | qkv_mlp (_remat)
@@ -92,6 +100,8 @@ class ModelConfig:
       problems.append(f"mlp_dropout needs {self.n_layers} entries, got {self.mlp_dropout}")
     if self.temporal_downsample and self.num_frames % 2:
       problems.append(f"temporal_downsample needs an even num_frames, got {self.num_frames}")
+    if self.activation not in ACTIVATIONS:
+      problems.append(f"activation {self.activation!r} not in {ACTIVATIONS}")
     if self.remat_policy not in REMAT_POLICIES:
       problems.append(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
     if problems:
@@ -199,6 +209,22 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-
 
 def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU ``x * Phi(x)`` (erf form), as ``torch.nn.GELU()`` with its default
+  ``approximate='none'``. (QuickGELU differs from it by up to 0.02, the tanh approximation
+  by up to 5e-4.)"""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The function of an ``ACTIVATIONS`` name."""
+  if name == "quick_gelu":
+    return quick_gelu
+  if name == "gelu":
+    return gelu
+  raise ValueError(f"activation {name!r} not in {ACTIVATIONS}")
 
 
 def drop_path(x: jax.Array, rate, key, mask_shape) -> jax.Array:
@@ -413,7 +439,10 @@ class MultiHeadAttention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  def __init__(self, dim, hidden, *, rngs, param_dtype, xavier_fc=False, zero_proj=False):
+  def __init__(self, dim, hidden, *, rngs, param_dtype, xavier_fc=False, zero_proj=False,
+               activation: str = "quick_gelu"):
+    activation_fn(activation)  # an unknown name fails here, at construction
+    self.activation = activation  # a string: static graph data, not a variable
     fc_init = _xavier_uniform(dim, hidden) if xavier_fc else None
     self.c_fc = Dense(dim, hidden, rngs=rngs, param_dtype=param_dtype, kernel_init=fc_init)
     if zero_proj:
@@ -423,7 +452,7 @@ class MLP(nnx.Module):
       self.c_proj = Dense(hidden, dim, rngs=rngs, param_dtype=param_dtype)
 
   def __call__(self, x, dtype, dropout_rate=0.0, key=None):
-    h = quick_gelu(checkpoint_name(self.c_fc(x, dtype), "mlp_hidden"))
+    h = activation_fn(self.activation)(checkpoint_name(self.c_fc(x, dtype), "mlp_hidden"))
     h = dropout(h, dropout_rate, key)
     return self.c_proj(h, dtype)
 
@@ -500,7 +529,7 @@ class ResidualBlock(nnx.Module):
         self.lmhra2 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd)
     self.attn = MultiHeadAttention(c, cfg.heads, rngs=rngs, param_dtype=pd)
     self.ln_1 = LayerNorm(c, param_dtype=pd)
-    self.mlp = MLP(c, 4 * c, rngs=rngs, param_dtype=pd)
+    self.mlp = MLP(c, 4 * c, rngs=rngs, param_dtype=pd, activation=cfg.activation)
     self.ln_2 = LayerNorm(c, param_dtype=pd)
 
   def _lmhra(self, module: LocalMHRA, x, train, dtype, rate, key):
@@ -610,8 +639,10 @@ class Extractor(nnx.Module):
     d, pd = cfg.n_dim, cfg.param_dtype
     self.attn = MultiHeadAttention(d, cfg.n_head, rngs=rngs, param_dtype=pd, zero_out=True)
     self.ln_1 = LayerNorm(d, param_dtype=pd)
+    # QuickGELU whatever cfg.activation says: the official Extractor defines its own MLP with
+    # QuickGELU; only the image tower's blocks follow the tower's training activation.
     self.mlp = MLP(d, cfg.global_mlp_dim, rngs=rngs, param_dtype=pd, xavier_fc=True,
-                   zero_proj=True)
+                   zero_proj=True, activation="quick_gelu")
     self.ln_2 = LayerNorm(d, param_dtype=pd)
     self.ln_3 = LayerNorm(d, param_dtype=pd)
 
