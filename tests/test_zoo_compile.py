@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from uniformerv2_jax import zoo
@@ -45,9 +46,25 @@ def test_train_step_lowers_for_every_zoo_setting(name, cfg):
   assert jax.tree.structure(out_state.params) == jax.tree.structure(state.params)
 
 
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
 def test_b16_train_step_compiles():
+  """The compiled step takes the whole training state as arguments: at least the parameters,
+  AdamW's two float32 moments per parameter and the batch, counted here from the shapes."""
   cfg = zoo.get("k400", "b16_8x224").model_config()
+  assert not cfg.frozen  # every parameter is trained, so every parameter has two moments
   step, state, data = abstract_train_step(cfg)
   compiled = step.lower(state, data).compile()
   mem = compiled.memory_analysis()
-  assert mem is None or mem.argument_size_in_bytes > 4 * 114_000_000
+  assert mem is not None
+  shapes = jax.eval_shape(lambda p: p, state.params)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  assert 80_000_000 < num_params < 150_000_000  # a ViT-B/16 (86M) plus the global blocks
+  state_bytes = (_nbytes(shapes) + 2 * 4 * num_params + _nbytes(state.batch_stats)
+                 + _nbytes(state.step) + _nbytes(state.key))
+  expected = state_bytes + _nbytes(data)
+  assert mem.argument_size_in_bytes >= expected
+  # Beyond that the optimizer state holds only its step counter (a few scalars at most).
+  assert mem.argument_size_in_bytes - expected <= 64, mem.argument_size_in_bytes - expected
