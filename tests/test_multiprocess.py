@@ -39,16 +39,26 @@ def root(tmp_path_factory):
   return str(r)
 
 
-def test_processes_read_disjoint_halves(root):
-  src = VideoListSource(os.path.join(root, "train.csv"), prefix=root, num_classes=10)
+def test_processes_read_disjoint_halves(root, tmp_path):
+  # Relabel every record with its line number so that a label names one record.
+  with open(os.path.join(root, "train.csv")) as f:
+    paths = [line.rsplit(",", 1)[0] for line in f.read().splitlines() if line.strip()]
+  assert len(paths) == 20
+  relabelled = tmp_path / "train_ids.csv"
+  relabelled.write_text("".join(f"{p},{i}\n" for i, p in enumerate(paths)))
+  src = VideoListSource(str(relabelled), prefix=root, num_classes=len(paths))
   seen = []
   for p in range(2):
     ds = make_train_dataset(src, batch_size=2, seed=0, process_index=p, process_count=2)
-    # the label stream of the first epoch (20 records = 5 batches of 2 per process)
+    # the records of the first epoch (20 records = 5 batches of 2 per process)
     seen.append([int(x) for b in range(5) for x in ds[b]["label"]])
+  for ids in seen:
+    assert len(set(ids)) == 10  # no record twice within a host's epoch
+  assert not set(seen[0]) & set(seen[1])
+  assert set(seen[0]) | set(seen[1]) == set(range(20))
+  # and the same records as one process reading the global batch
   single = make_train_dataset(src, batch_size=4, seed=0, process_index=0, process_count=1)
-  both = sorted(seen[0] + seen[1])
-  assert both == sorted(int(x) for b in range(5) for x in single[b]["label"])
+  assert sorted(seen[0] + seen[1]) == sorted(int(x) for b in range(5) for x in single[b]["label"])
 
 
 def test_two_processes_equal_one(root, tmp_path):
