@@ -14,6 +14,13 @@ the backbone exactly as the official loader does (centre-inflated patch kernel, 
 proj and the text tower dropped; a positional embedding for another resolution is resized by
 bicubic interpolation); everything else keeps the official initialisation.
 
+A CLIP tower brings its MLP activation into the model config: QuickGELU (OpenAI CLIP) or exact
+GELU (open_clip's LAION ViT-B-16, timm vit_*_clip_* without "quickgelu"). It is read from what
+the source records (a Hugging Face config.json's hidden_act, a timm hub config.json's model
+name, an open_clip_config.json, a TorchScript archive's activation modules); a bare state dict
+records nothing, and then --clip-activation quick_gelu|gelu must say it (no guessing). Stating
+one that the source contradicts is an error.
+
 Export (SRC an Orbax directory written by this project, DST a file): the official flat state
 dict (.pth/.pyth via torch.save, or .safetensors/.npz), or with --format mmaction2 MMAction2's
 {'meta', 'state_dict'} layout. Both load with strict=True in those code bases.
@@ -25,7 +32,9 @@ Examples:
       --official-config tiny/config.json
   python convert_torch_weights.py --input uniformerv2_mmaction2.pth --output ckpt/mm --verify
   python convert_torch_weights.py --input ViT-B-16.pt --output ckpt/clip_init \\
-      --config zoo:k400:b16_8x224
+      --config zoo:k400:b16_8x224 --clip-activation quick_gelu
+  python convert_torch_weights.py --input laion_vit_b16.pth --output ckpt/laion_init \\
+      --config zoo:k400:b16_8x224 --clip-activation gelu
   python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.pyth --verify
   python convert_torch_weights.py --input ckpt/k400_b16 --output mm.pth --format mmaction2
 
@@ -76,6 +85,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--format", choices=("official", "mmaction2", "clip", "hf", "timm"),
                  help="import: insist on this source format (default: detected from the keys); "
                       "export: official (default) or mmaction2")
+  p.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
+                 help="import of a CLIP image tower: the activation its MLPs were trained with "
+                      "(quick_gelu: OpenAI CLIP; gelu: exact GELU, e.g. open_clip ViT-B-16 on "
+                      "LAION, timm vit_*_clip_* without quickgelu). Required when the source "
+                      "does not record it; an error when it contradicts the source")
   p.add_argument("--verify", action="store_true",
                  help="reload what was written and compare every tensor and a forward pass on a "
                       "random clip with the source; prints PASS/FAIL, exit status 1 on FAIL")
@@ -169,7 +183,8 @@ def summary(imp, dst: Path, verbose: bool) -> None:
       f"{len(src.tensors)} tensors)")
   say(f"model: width {imp.cfg.width}, {imp.cfg.layers} layers, patch {imp.cfg.patch_size}, "
       f"{imp.cfg.input_resolution}px, {imp.cfg.num_frames} frames, "
-      f"{imp.cfg.num_classes} classes{', frozen' if imp.cfg.frozen else ''}")
+      f"{imp.cfg.num_classes} classes{', frozen' if imp.cfg.frozen else ''}, "
+      f"activation {imp.cfg.activation}")
   say(f"converted: {len(c.state)} tensors into the model ({c.renamed} renamed)")
   if c.inflated:
     say("inflated: " + "; ".join(c.inflated))
@@ -308,7 +323,7 @@ def run_import(args, src_path: Path, dst: Path) -> int:
     shutil.rmtree(dst)
   cfg = resolve_config(args)
   imp = F.import_model(src_path, cfg, args.format, allow_missing=args.allow_missing,
-                       seed=args.seed)
+                       seed=args.seed, clip_activation=args.clip_activation)
   extra = {"source": "convert_torch_weights.py", "format": imp.converted.fmt,
            "converted_from": str(src_path.resolve()),
            "kept_at_init": len(imp.kept_at_init), "init_seed": args.seed}
@@ -331,6 +346,9 @@ def run_export(args, src_dir: Path, out: Path) -> int:
     raise UsageError("an export needs no config: the Orbax directory carries it")
   if args.allow_missing:
     raise UsageError("--allow-missing applies to imports only")
+  if args.clip_activation:
+    raise UsageError("--clip-activation applies to imports only (an Orbax checkpoint's config "
+                     "carries its activation)")
   fmt = args.format or "official"
   if fmt not in ("official", "mmaction2"):
     raise UsageError(f"--format {fmt}: exports write the official or the mmaction2 layout")

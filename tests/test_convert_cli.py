@@ -128,5 +128,5 @@ def test_help_describes_both_directions(capsys):
   assert e.value.code == 0
   text = capsys.readouterr().out
   for word in ("--official-config", "--config", "--verify", "--allow-missing", "mmaction2",
-               "TorchScript", "Export"):
+               "TorchScript", "Export", "--clip-activation"):
     assert word in text

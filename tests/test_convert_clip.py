@@ -1,5 +1,8 @@
 """CLIP-like sources (OpenAI CLIP state dict / extraction / TorchScript archive, Hugging Face,
-timm) initialise the backbone exactly as the official loader does."""
+timm) initialise the backbone exactly as the official loader does.
+
+The tiny CLIP fixture was written by OpenAI's CLIP code (QuickGELU); as a bare state dict it does
+not record that, so its imports state ``clip_activation="quick_gelu"``."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.variants import config_from_official
 
 CLIP = FIXTURES / "tiny_clip"
+QUICK = dict(clip_activation="quick_gelu")  # the fixture's own activation (OpenAI CLIP code)
 
 
 @nnx.jit(static_argnames=("return_intermediates",))
@@ -45,7 +49,7 @@ def expected():
 
 @pytest.fixture(scope="module")
 def clip_pth_import(clip_cfg):
-  return F.import_model(CLIP / "clip.pth", clip_cfg)
+  return F.import_model(CLIP / "clip.pth", clip_cfg, **QUICK)
 
 
 def _assert_clip_tensors_exact(state, expected):
@@ -58,8 +62,8 @@ def _assert_clip_tensors_exact(state, expected):
 
 @pytest.mark.parametrize("name", ["clip.pth", "clip.npz"])
 def test_clip_reproduces_official_loading_bit_exactly(name, clip_cfg, expected):
-  imp = F.import_model(CLIP / name, clip_cfg)
-  assert imp.converted.fmt == "clip"
+  imp = F.import_model(CLIP / name, clip_cfg, **QUICK)
+  assert imp.converted.fmt == "clip" and imp.cfg.activation == "quick_gelu"
   assert len(imp.converted.state) == 29
   _assert_clip_tensors_exact(imp.converted.state, expected)
   ignored = json.loads((CLIP / "config.json").read_text())["clip_keys_ignored"]
@@ -76,7 +80,7 @@ def test_clip_forward_with_other_tensors_from_expected(clip_pth_import, expected
 
 def test_kernel_for_temporal_kernel_1(clip_cfg):
   cfg = clip_cfg.replace(temporal_downsample=False)
-  imp = F.import_model(CLIP / "clip.npz", cfg)
+  imp = F.import_model(CLIP / "clip.npz", cfg, **QUICK)
   want = np.load(CLIP / "extra_expected.npz")["conv1_weight_temporal_kernel_1"]
   np.testing.assert_array_equal(imp.converted.state["conv1.weight"], want)
   assert imp.converted.state["conv1.weight"].dtype == np.float32
@@ -87,7 +91,7 @@ def test_visual_extraction_form_gives_the_same(tmp_path, clip_cfg, clip_pth_impo
   visual = OrderedDict((k[len("visual."):], v) for k, v in sd.items() if k.startswith("visual."))
   path = tmp_path / "vit_tiny.pth"
   torch.save(visual, path)
-  imp = F.import_model(path, clip_cfg)
+  imp = F.import_model(path, clip_cfg, **QUICK)
   assert imp.converted.fmt == "clip"
   assert sorted(imp.converted.ignored) == ["ln_post.bias", "ln_post.weight", "proj"]
   for k, v in clip_pth_import.converted.state.items():
@@ -120,13 +124,24 @@ def test_clip_initialised_model_keeps_identities_and_is_clip_on_frames(clip_pth_
 
 
 # ----------------------------------------------------------------------------- TorchScript
+class QuickGELU(torch.nn.Module):
+  """Named and computed as OpenAI's ``clip.model.QuickGELU``, which its archives script."""
+
+  def forward(self, x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTS = {"quick_gelu": QuickGELU, "gelu": torch.nn.GELU,
+        "tanh": lambda: torch.nn.GELU(approximate="tanh")}
+
+
 class _Block(torch.nn.Module):
-  def __init__(self, c):
+  def __init__(self, c, act):
     super().__init__()
     self.attn = torch.nn.MultiheadAttention(c, c // 64)
     self.ln_1 = torch.nn.LayerNorm(c)
     self.mlp = torch.nn.Sequential(OrderedDict(
-      c_fc=torch.nn.Linear(c, 4 * c), gelu=torch.nn.GELU(), c_proj=torch.nn.Linear(4 * c, c)))
+      c_fc=torch.nn.Linear(c, 4 * c), gelu=ACTS[act](), c_proj=torch.nn.Linear(4 * c, c)))
     self.ln_2 = torch.nn.LayerNorm(c)
     self.attn_mask = None
 
@@ -135,22 +150,22 @@ class _Block(torch.nn.Module):
 
 
 class _Transformer(torch.nn.Module):
-  def __init__(self, c, layers):
+  def __init__(self, c, layers, act):
     super().__init__()
-    self.resblocks = torch.nn.Sequential(*[_Block(c) for _ in range(layers)])
+    self.resblocks = torch.nn.Sequential(*[_Block(c, act) for _ in range(layers)])
 
   def forward(self, x):
     return self.resblocks(x)
 
 
 class _Visual(torch.nn.Module):
-  def __init__(self, c=128, p=8, res=32, layers=2, out=32):
+  def __init__(self, act, c=128, p=8, res=32, layers=2, out=32):
     super().__init__()
     self.conv1 = torch.nn.Conv2d(3, c, p, p, bias=False)
     self.class_embedding = torch.nn.Parameter(torch.zeros(c))
     self.positional_embedding = torch.nn.Parameter(torch.zeros((res // p) ** 2 + 1, c))
     self.ln_pre = torch.nn.LayerNorm(c)
-    self.transformer = _Transformer(c, layers)
+    self.transformer = _Transformer(c, layers, act)
     self.ln_post = torch.nn.LayerNorm(c)
     self.proj = torch.nn.Parameter(torch.zeros(c, out))
 
@@ -162,9 +177,9 @@ class _TinyClip(torch.nn.Module):
   """The tiny CLIP's image tower (+ a text-side tensor and integer buffers), fp16 like the
   released archives; only to write a TorchScript archive."""
 
-  def __init__(self):
+  def __init__(self, act="quick_gelu"):
     super().__init__()
-    self.visual = _Visual()
+    self.visual = _Visual(act)
     self.token_embedding = torch.nn.Embedding(64, 32)
     self.register_buffer("input_resolution", torch.tensor(32))
 
@@ -172,16 +187,21 @@ class _TinyClip(torch.nn.Module):
     return self.visual(x)
 
 
-def test_torchscript_archive_is_read_without_running_code(tmp_path, clip_cfg, expected):
+def _tiny_torchscript(path, act="quick_gelu"):
   sd = torch.load(CLIP / "clip.pth", weights_only=True)
-  m = _TinyClip()
+  m = _TinyClip(act)
   own = m.state_dict()
   m.load_state_dict({k: sd[k] if k in sd else own[k] for k in own})
   for name, p in m.visual.named_parameters():  # fp16 where the release files are fp16
     p.data = p.data.to(sd["visual." + name].dtype)
   scripted = torch.jit.script(m)
-  path = tmp_path / "ViT-tiny.pt"
   torch.jit.save(scripted, path)
+  return scripted
+
+
+def test_torchscript_archive_is_read_without_running_code(tmp_path, clip_cfg, expected):
+  path = tmp_path / "ViT-tiny.pt"
+  scripted = _tiny_torchscript(path)
   with pytest.raises(CheckpointError, match="TorchScript"):
     C.read_checkpoint(path)  # the generic reader still refuses and says where to go
   tensors = F.read_torchscript_tensors(path)
@@ -189,9 +209,26 @@ def test_torchscript_archive_is_read_without_running_code(tmp_path, clip_cfg, ex
   assert set(tensors) == set(want)
   for k, v in want.items():
     np.testing.assert_array_equal(tensors[k], v.numpy(), err_msg=k)
+  # The archive's scripted activation modules say QuickGELU: no clip_activation needed.
   imp = F.import_model(path, clip_cfg)
   assert imp.source.container == "torchscript" and imp.converted.fmt == "clip"
+  assert imp.cfg.activation == "quick_gelu"
+  assert any("modules are QuickGELU" in n for n in imp.converted.notes)
   _assert_clip_tensors_exact(imp.converted.state, expected)
+
+
+def test_torchscript_activation_read_from_its_modules(tmp_path, clip_cfg):
+  """An archive scripted with torch.nn.GELU() (open_clip's default) converts as exact GELU; a
+  contradicting clip_activation and a tanh-approximate GELU are refused."""
+  path = tmp_path / "gelu.pt"
+  _tiny_torchscript(path, "gelu")
+  imp = F.import_model(path, clip_cfg)
+  assert imp.cfg.activation == "gelu"
+  with pytest.raises(CheckpointError, match="clip-activation quick_gelu contradicts"):
+    F.import_model(path, clip_cfg, clip_activation="quick_gelu")
+  _tiny_torchscript(path, "tanh")
+  with pytest.raises(CheckpointError, match=r"approximate=tanh.*QuickGELU and exact GELU only"):
+    F.import_model(path, clip_cfg)
 
 
 def test_torchscript_with_foreign_global_is_refused(tmp_path):
@@ -239,7 +276,7 @@ def _naive_bicubic(grid: np.ndarray, n_out: int, a: float = -0.75) -> np.ndarray
 
 def test_positional_embedding_resize_32_to_48(clip_cfg):
   cfg = clip_cfg.replace(input_resolution=48)
-  imp = F.import_model(CLIP / "clip.npz", cfg)
+  imp = F.import_model(CLIP / "clip.npz", cfg, **QUICK)
   src = np.load(CLIP / "clip.npz")["visual.positional_embedding"].astype(np.float64)
   pe = imp.converted.state["positional_embedding"]
   assert pe.shape == (37, 128) and pe.dtype == np.float32
@@ -323,7 +360,7 @@ def test_hugging_face_clip_vision_model(tmp_path, hf_model, hf_reference, serial
     torch.save(hf_model.state_dict(), weights)
   assert weights.is_file()
   imp = F.import_model(weights, _video_cfg())
-  assert imp.converted.fmt == "hf"
+  assert imp.converted.fmt == "hf" and imp.cfg.activation == "quick_gelu"
   assert any("hidden_act quick_gelu" in n for n in imp.converted.notes)
   # transformers 5 saves CLIPVisionModel without the ``vision_model.`` prefix older
   # releases (and CLIPModel) use; both are read.
@@ -351,13 +388,22 @@ def test_hugging_face_clip_model_text_tower_dropped(tmp_path):
   assert any(k.startswith("text_model.") for k in imp.converted.ignored)
 
 
-def test_hugging_face_gelu_is_refused(tmp_path, hf_model):
+def test_hugging_face_unsupported_activation_is_refused(tmp_path, hf_model):
   hf_model.save_pretrained(tmp_path)
   cfg = json.loads((tmp_path / "config.json").read_text())
-  cfg["hidden_act"] = "gelu"
+  cfg["hidden_act"] = "gelu_new"  # the tanh approximation: neither of the model's two
   (tmp_path / "config.json").write_text(json.dumps(cfg))
-  with pytest.raises(CheckpointError, match="hidden_act='gelu'.*quick_gelu"):
+  with pytest.raises(CheckpointError, match="hidden_act='gelu_new'.*exact GELU or QuickGELU"):
     F.import_model(tmp_path / "model.safetensors", _video_cfg())
+
+
+def test_hugging_face_weights_without_config_need_the_activation(tmp_path, hf_model):
+  hf_model.save_pretrained(tmp_path)
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(CheckpointError, match="do not record hidden_act.*--clip-activation"):
+    F.import_model(tmp_path / "model.safetensors", _video_cfg())
+  imp = F.import_model(tmp_path / "model.safetensors", _video_cfg(), clip_activation="gelu")
+  assert imp.cfg.activation == "gelu"
 
 
 def timm_state_from_hf(hf: dict[str, torch.Tensor], layers: int) -> OrderedDict:
@@ -396,7 +442,9 @@ def test_timm_clip_vit(tmp_path, hf_model, hf_reference):
   sd = timm_state_from_hf(hf_model.state_dict(), HF_DIMS["num_hidden_layers"])
   path = tmp_path / "timm.pth"
   torch.save(sd, path)
-  imp = F.import_model(path, _video_cfg())
+  with pytest.raises(CheckpointError, match="does not record its model name.*--clip-activation"):
+    F.import_model(path, _video_cfg())
+  imp = F.import_model(path, _video_cfg(), clip_activation="quick_gelu")
   assert imp.converted.fmt == "timm"
   assert sorted(imp.converted.ignored) == ["head.bias", "head.weight", "norm.bias",
                                            "norm.weight"]
@@ -406,11 +454,58 @@ def test_timm_clip_vit(tmp_path, hf_model, hf_reference):
   # A zero patch-embedding bias is dropped; a non-zero one is an error (the model has none).
   sd["patch_embed.proj.bias"] = torch.zeros(64)
   torch.save(sd, path)
-  assert "patch_embed.proj.bias" in F.import_model(path, _video_cfg()).converted.ignored
+  assert "patch_embed.proj.bias" in F.import_model(path, _video_cfg(),
+                                                   **QUICK).converted.ignored
   sd["patch_embed.proj.bias"][3] = 0.5
   torch.save(sd, path)
   with pytest.raises(CheckpointError, match="patch_embed.proj.bias is non-zero"):
-    F.import_model(path, _video_cfg())
+    F.import_model(path, _video_cfg(), **QUICK)
+
+
+@pytest.mark.parametrize("name, want", [
+  ("vit_base_patch16_clip_quickgelu_224.openai", "quick_gelu"),
+  ("vit_base_patch16_clip_224.laion2b", "gelu"),
+  ("vit_large_patch14_clip_336", "gelu"),
+  ("vit_base_patch16_clip_224.openai", None),  # OpenAI weights in timm's GELU model: ask
+  ("vit_base_patch16_224", None),  # not a CLIP ViT
+])
+def test_timm_model_names(name, want):
+  assert F.timm_name_activation(name)[0] == want
+
+
+def test_timm_hub_config_names_the_activation(tmp_path, hf_model):
+  """A timm hub folder's config.json (architecture + pretrained tag) decides."""
+  sd = timm_state_from_hf(hf_model.state_dict(), HF_DIMS["num_hidden_layers"])
+  torch.save(sd, tmp_path / "pytorch_model.bin")
+  hub = {"architecture": "vit_base_patch16_clip_224", "pretrained_cfg": {"tag": "laion2b"}}
+  (tmp_path / "config.json").write_text(json.dumps(hub))
+  imp = F.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
+  assert imp.converted.fmt == "timm" and imp.cfg.activation == "gelu"
+  hub["pretrained_cfg"]["tag"] = "openai"
+  (tmp_path / "config.json").write_text(json.dumps(hub))
+  with pytest.raises(CheckpointError, match="OpenAI's weights.*--clip-activation"):
+    F.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
+
+
+def test_open_clip_config_names_the_activation(tmp_path):
+  sd = torch.load(CLIP / "clip.pth", weights_only=True)
+  torch.save(sd, tmp_path / "open_clip_pytorch_model.bin")
+  cfg = config_from_official(CLIP / "config.json")
+  for quick, want in ((True, "quick_gelu"), (None, "gelu")):
+    model_cfg = {"embed_dim": 32} | ({"quick_gelu": quick} if quick is not None else {})
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    assert F.import_model(tmp_path / "open_clip_pytorch_model.bin", cfg).cfg.activation == want
+
+
+def test_ambiguous_clip_state_dict_needs_the_activation(clip_cfg):
+  with pytest.raises(CheckpointError,
+                     match=r"clip\.npz: a state dict in OpenAI CLIP layout does not record its "
+                           r"activation.*pass --clip-activation quick_gelu"):
+    F.import_model(CLIP / "clip.npz", clip_cfg)
+  # The converted tower sets the model's activation, whatever the config said.
+  imp = F.import_model(CLIP / "clip.npz", clip_cfg.replace(activation="gelu"), **QUICK)
+  assert imp.cfg.activation == "quick_gelu"
+  assert any("replaces the config's gelu" in n for n in imp.converted.notes)
 
 
 def test_clip_layer_count_mismatch_is_named(hf_model, tmp_path):
@@ -418,8 +513,8 @@ def test_clip_layer_count_mismatch_is_named(hf_model, tmp_path):
   path = tmp_path / "timm.pth"
   torch.save(sd, path)
   with pytest.raises(CheckpointError) as e:
-    F.import_model(path, _video_cfg(layers=3, return_list=(2,)))
+    F.import_model(path, _video_cfg(layers=3, return_list=(2,)), **QUICK)
   assert "12 CLIP image-tower key(s) missing" in str(e.value)
   assert "transformer.resblocks.2.attn.in_proj_weight" in str(e.value)
   with pytest.raises(CheckpointError, match="unexpected key"):
-    F.import_model(path, _video_cfg(layers=1, return_list=(0,)))
+    F.import_model(path, _video_cfg(layers=1, return_list=(0,)), **QUICK)

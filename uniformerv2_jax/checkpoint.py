@@ -36,11 +36,24 @@ def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_json(d: dict[str, Any], **overrides) -> ModelConfig:
+  """A ModelConfig from ``config_to_json``'s dict. Fields the writer did not know take their
+  defaults: checkpoints from before the ``activation`` option are QuickGELU (the only
+  activation then), which is that field's default."""
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(d) - known)
   if unknown:
     raise ValueError(f"checkpoint config has unknown model fields {unknown}")
   return ModelConfig(**{**d, **overrides})
+
+
+def check_init_activation(source: ModelConfig, run: ModelConfig, where: str) -> None:
+  """Refuse to start a run from weights trained with another backbone activation: the run's
+  config must name the source's (``--config.model.activation=...``), as the weights compute
+  their features only with it."""
+  if source.activation != run.activation:
+    raise ValueError(
+      f"init_from {where}: its backbone uses activation {source.activation}, the run's config "
+      f"{run.activation}; pass --config.model.activation={source.activation}")
 
 
 def absolute(directory: str | Path) -> epath.Path:

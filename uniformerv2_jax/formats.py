@@ -16,6 +16,11 @@ one table that knows the Flax side):
 CLIP-like formats initialise only the backbone (as the official loader does: centre-inflated patch
 kernel, float32, ``proj``/``ln_post``/text tower dropped); everything else keeps the official
 initialisation. Nothing read from a file is ever executed.
+
+A CLIP tower's MLP activation (QuickGELU as OpenAI CLIP, or exact GELU as open_clip's LAION
+ViT-B-16 and timm's ``vit_*_clip_*``) is part of its weights' meaning, and the key names do not
+show it: ``clip_activation_of`` reads it where the source records it, and otherwise the caller
+must state it (``--clip-activation``); the converter never guesses.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 
 from uniformerv2_jax import convert as C
 from uniformerv2_jax.convert import PREFIX, CheckpointError
-from uniformerv2_jax.model import ModelConfig
+from uniformerv2_jax.model import ACTIVATIONS, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ class Source:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # MMAction2 meta etc.
   hf_config: dict[str, Any] | None = None  # config.json next to HF weights
   file_metadata: dict[str, str] = dataclasses.field(default_factory=dict)  # safetensors
+  # TorchScript: the class ("module.Name") of every scripted submodule, by attribute path
+  module_classes: dict[str, str] = dataclasses.field(default_factory=dict)
+  timm_config: dict[str, Any] | None = None  # timm hub config.json (``architecture``)
+  open_clip_config: dict[str, Any] | None = None  # open_clip_config.json (``model_cfg``)
 
 
 _STORAGE_DTYPES = {
@@ -93,7 +102,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
   def find_class(self, module: str, name: str):
     if module == "__torch__" or module.startswith("__torch__."):
-      return type(name, (_ScriptObject,), {})
+      return type(name, (_ScriptObject,), {"script_class": f"{module}.{name}"})
     if module == "torch._utils" and name == "_rebuild_tensor_v2":
       return _rebuild_tensor
     if module == "torch._utils" and name == "_rebuild_parameter":
@@ -139,7 +148,8 @@ def _rebuild_tensor(storage, offset, size, stride, *rest):
   return np.array(view)  # a C-contiguous copy
 
 
-def _collect(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
+def _collect(obj: Any, prefix: str, out: dict[str, np.ndarray],
+             classes: dict[str, str] | None = None) -> None:
   state = obj.state if isinstance(obj, _ScriptObject) else obj
   if not isinstance(state, Mapping):
     return
@@ -147,7 +157,9 @@ def _collect(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
     if isinstance(v, np.ndarray):
       out[prefix + str(k)] = v
     elif isinstance(v, _ScriptObject):
-      _collect(v, f"{prefix}{k}.", out)
+      if classes is not None:
+        classes[prefix + str(k)] = getattr(v, "script_class", "")
+      _collect(v, f"{prefix}{k}.", out, classes)
 
 
 def is_torchscript(path: Path) -> bool:
@@ -160,7 +172,12 @@ def is_torchscript(path: Path) -> bool:
 def read_torchscript_tensors(path: str | Path) -> dict[str, np.ndarray]:
   """Every tensor attribute of a TorchScript archive under its state-dict name, read from
   ``data.pkl`` + ``data/`` with a restricted unpickler (no code from the archive runs)."""
-  path = Path(path)
+  return _read_torchscript(Path(path))[0]
+
+
+def _read_torchscript(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """(tensors, submodule classes), the classes read as the archive's class names (with a GELU
+  module's ``approximate`` constant appended from its code text, which is read, not run)."""
   try:
     with zipfile.ZipFile(path) as z:
       pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -176,10 +193,20 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, np.ndarray]:
   except Exception as e:  # noqa: BLE001 - one clear message for any damaged archive
     raise CheckpointError(f"{path}: not a readable TorchScript archive ({e})") from None
   out: dict[str, np.ndarray] = {}
-  _collect(root, "", out)
+  classes: dict[str, str] = {}
+  _collect(root, "", out, classes)
   if not out:
     raise CheckpointError(f"{path}: no tensors found in the TorchScript archive")
-  return out
+  with zipfile.ZipFile(path) as z:
+    names = set(z.namelist())
+    for attr, cls in classes.items():
+      if cls.endswith(".GELU"):
+        # nn.GELU's ``approximate`` is a scripted constant: only its code file has it.
+        code = f"{prefix}code/{cls.rsplit('.', 1)[0].replace('.', '/')}.py"
+        text = z.read(code).decode("utf-8", "replace") if code in names else ""
+        m = re.search(r'approximate\s*:\s*Final\[str\]\s*=\s*"(\w+)"', text)
+        classes[attr] = f"{cls}(approximate={m.group(1) if m else '?'})"
+  return out, classes
 
 
 def _tensors_from(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -203,16 +230,34 @@ def _tensors_from(obj: Any, path: Path) -> dict[str, np.ndarray]:
   return out
 
 
-def _hf_config_near(path: Path) -> dict[str, Any] | None:
-  cfg = (path if path.is_dir() else path.parent) / "config.json"
+def _json_near(path: Path, name: str) -> dict[str, Any] | None:
+  cfg = (path if path.is_dir() else path.parent) / name
   if cfg.is_file():
     try:
       d = json.loads(cfg.read_text())
     except (OSError, ValueError):
       return None
-    if isinstance(d, dict) and str(d.get("model_type", "")).startswith("clip"):
+    if isinstance(d, dict):
       return d
   return None
+
+
+def _hf_config_near(path: Path) -> dict[str, Any] | None:
+  d = _json_near(path, "config.json")
+  if d is not None and str(d.get("model_type", "")).startswith("clip"):
+    return d
+  return None
+
+
+def _side_configs(src: Source) -> Source:
+  """Attach the configs that hub folders keep next to the weights (timm, open_clip)."""
+  timm = _json_near(src.path, "config.json")
+  if timm is not None and isinstance(timm.get("architecture"), str):
+    src.timm_config = timm
+  open_clip = _json_near(src.path, "open_clip_config.json")
+  if open_clip is not None and isinstance(open_clip.get("model_cfg"), Mapping):
+    src.open_clip_config = open_clip
+  return src
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -235,7 +280,11 @@ def read_source(path: str | Path) -> Source:
   if not path.exists():
     raise CheckpointError(f"{path}: no such file")
   if path.is_dir():
-    return _read_hf_directory(path)
+    return _side_configs(_read_hf_directory(path))
+  return _side_configs(_read_file(path))
+
+
+def _read_file(path: Path) -> Source:
   if path.stat().st_size == 0:
     raise CheckpointError(f"{path}: empty file")
   suffix = path.suffix.lower()
@@ -246,7 +295,8 @@ def read_source(path: str | Path) -> Source:
   if suffix == ".npz":
     return Source(path, C.read_checkpoint(path), "npz")
   if is_torchscript(path):
-    return Source(path, read_torchscript_tensors(path), "torchscript")
+    tensors, classes = _read_torchscript(path)
+    return Source(path, tensors, "torchscript", module_classes=classes)
   obj = C.read_torch_file(path)
   wrapper, meta = None, {}
   if isinstance(obj, Mapping):
@@ -524,20 +574,108 @@ def _apply_rules(tensors: Mapping[str, np.ndarray], rules, ignored_patterns, out
   return out, ignored, unknown, renamed
 
 
+# ============================================================================= CLIP activation
+CLIP_ACTIVATION_FLAG = "--clip-activation"
+# transformers' ACT2FN names that are exactly one of the model's activations ("gelu" is
+# torch.nn.functional.gelu with approximate="none"). gelu_new / gelu_pytorch_tanh (tanh
+# approximations), gelu_fast, quick_gelu variants with other constants... are refused.
+HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def _hf_vision_config(hf: Mapping[str, Any]) -> Mapping[str, Any]:
+  return hf.get("vision_config", hf) if hf.get("model_type") == "clip" else hf
+
+
+def timm_name_activation(name: str) -> tuple[str | None, str]:
+  """The MLP activation of a timm model name (``architecture[.tag]``), or None with the reason.
+
+  timm builds ``*_clip_quickgelu_*`` models with QuickGELU and every other ``vit_*_clip_*`` with
+  exact GELU. One case stays open: ``vit_*_clip_*.openai`` (no ``quickgelu``) holds OpenAI's
+  weights, trained with QuickGELU, in a model timm runs with GELU.
+  """
+  arch, _, tag = name.partition(".")
+  if "quickgelu" in arch:
+    return "quick_gelu", f"timm model {name} is built with QuickGELU"
+  if re.fullmatch(r"vit_\w*_clip_\w*", arch):
+    if tag.startswith("openai"):
+      return None, (f"timm model {name} holds OpenAI's weights (trained with QuickGELU) in an "
+                    "architecture timm runs with exact GELU")
+    return "gelu", f"timm model {name} is built with exact GELU (its *_quickgelu_* twins are not)"
+  return None, f"{name!r} is not a timm CLIP ViT name (vit_*_clip_*)"
+
+
+def clip_activation_of(src: Source, fmt: str) -> tuple[str | None, str]:
+  """What a CLIP-like source itself says about its MLP activation: (activation or None when it
+  does not record it, the evidence in words)."""
+  if fmt == "hf":
+    if src.hf_config is None:
+      return None, ("Hugging Face weights without their config.json do not record hidden_act")
+    act = _hf_vision_config(src.hf_config).get("hidden_act", "quick_gelu")
+    if act not in HF_ACTIVATIONS:
+      raise CheckpointError(
+        f"{src.path}: the Hugging Face config has hidden_act={act!r}; the model implements "
+        f"{', '.join(repr(a) for a in HF_ACTIVATIONS)} only (exact GELU or QuickGELU)")
+    return HF_ACTIVATIONS[act], f"the Hugging Face config.json says hidden_act={act!r}"
+  if fmt == "timm":
+    t = src.timm_config
+    if t is None:
+      return None, "a timm state dict does not record its model name or activation"
+    name = t["architecture"]
+    tag = (t.get("pretrained_cfg") or {}).get("tag")
+    if tag and "." not in name:
+      name = f"{name}.{tag}"
+    return timm_name_activation(name)
+  if fmt == "clip":
+    if src.container == "torchscript":
+      acts = {k: v for k, v in src.module_classes.items()
+              if re.fullmatch(r"(visual\.)?transformer\.resblocks\.\d+\.mlp\.gelu", k)}
+      kinds = {v.rsplit(".", 1)[-1] for v in acts.values()}
+      # OpenAI's released archives script clip.model.QuickGELU; open_clip's QuickGELU has the
+      # same name and formula. torch.nn.GELU is exact only with approximate="none".
+      if acts and kinds == {"QuickGELU"}:
+        return "quick_gelu", "the TorchScript archive's MLP activation modules are QuickGELU"
+      if acts and kinds == {"GELU(approximate=none)"}:
+        return "gelu", "the TorchScript archive's MLP activation modules are torch.nn.GELU()"
+      if acts:
+        raise CheckpointError(f"{src.path}: the TorchScript archive's MLP activation modules are "
+                              f"{sorted(set(acts.values()))}; the model implements QuickGELU "
+                              "and exact GELU only")
+    oc = src.open_clip_config
+    if oc is not None:
+      quick = bool(oc["model_cfg"].get("quick_gelu", False))  # open_clip's default: nn.GELU
+      return ("quick_gelu" if quick else "gelu",
+              f"open_clip_config.json has model_cfg.quick_gelu={quick}")
+    return None, ("a state dict in OpenAI CLIP layout does not record its activation (OpenAI's "
+                  "released weights use QuickGELU, open_clip's LAION ViT-B-16 exact GELU)")
+  raise ValueError(fmt)
+
+
+def resolve_clip_activation(src: Source, fmt: str, requested: str | None) -> tuple[str, str]:
+  """The activation a CLIP-like source is converted with, and a note saying why. What the
+  source records wins; ``requested`` (``--clip-activation``) must agree with it, and is
+  required when the source records nothing."""
+  if requested is not None and requested not in ACTIVATIONS:
+    raise CheckpointError(f"{CLIP_ACTIVATION_FLAG} {requested!r}: one of {', '.join(ACTIVATIONS)}")
+  known, why = clip_activation_of(src, fmt)
+  if known is not None:
+    if requested is not None and requested != known:
+      raise CheckpointError(f"{src.path}: {CLIP_ACTIVATION_FLAG} {requested} contradicts the "
+                            f"source: {why}")
+    return known, f"activation {known}: {why}"
+  if requested is None:
+    raise CheckpointError(
+      f"{src.path}: {why}; pass {CLIP_ACTIVATION_FLAG} quick_gelu (OpenAI CLIP) or "
+      f"{CLIP_ACTIVATION_FLAG} gelu (towers trained with exact GELU)")
+  return requested, f"activation {requested}: as given by {CLIP_ACTIVATION_FLAG} ({why})"
+
+
 def _check_hf_config(src: Source, cfg: ModelConfig) -> list[str]:
   notes = []
   hf = src.hf_config
   if hf is None:
-    notes.append("no Hugging Face config.json next to the weights: cannot check hidden_act; "
-                 "assuming quick_gelu (OpenAI CLIP), which the video model uses")
     return notes
-  vision = hf.get("vision_config", hf) if hf.get("model_type") == "clip" else hf
+  vision = _hf_vision_config(hf)
   act = vision.get("hidden_act", "quick_gelu")
-  if act != "quick_gelu":
-    raise CheckpointError(
-      f"{src.path}: the Hugging Face config has hidden_act={act!r}; UniFormerV2's CLIP "
-      "backbone uses quick_gelu (as OpenAI CLIP), so these weights would not compute the same "
-      "features")
   eps = float(vision.get("layer_norm_eps", 1e-5))
   if abs(eps - 1e-5) > 1e-12:
     raise CheckpointError(f"{src.path}: layer_norm_eps={eps} in the Hugging Face config; the "
@@ -586,8 +724,6 @@ def clip_visual(src: Source, fmt: str, cfg: ModelConfig) -> tuple[
           f"{src.path}: {C.TIMM_PATCH_BIAS} is non-zero (max |b| {np.abs(bias).max():.3g}); the "
           "model's patch embedding (like OpenAI CLIP's) has no bias")
       ignored.append(C.TIMM_PATCH_BIAS)
-    notes.append("timm state dicts do not record the activation: the video model uses "
-                 "quick_gelu, as OpenAI CLIP (timm's *_clip_quickgelu_* models)")
   else:
     raise ValueError(fmt)
   return visual, ignored, unknown, notes, renamed
@@ -663,19 +799,47 @@ class Imported:
 
 
 def import_model(path: str | Path, cfg: ModelConfig | None = None, fmt: str | None = None, *,
-                 allow_missing: bool = False, seed: int = 0,
-                 src: Source | None = None) -> Imported:
+                 allow_missing: bool = False, seed: int = 0, src: Source | None = None,
+                 clip_activation: str | None = None) -> Imported:
   """Read ``path`` in any supported format and build the model (strict unless
   ``allow_missing``; CLIP-like sources initialise the backbone only, the rest keeps the
-  official initialisation drawn from ``seed``)."""
+  official initialisation drawn from ``seed``).
+
+  A CLIP-like source sets the model's ``activation`` (``resolve_clip_activation``: what the
+  source records, else ``clip_activation``, else an error); ``cfg.activation`` is replaced, as
+  the tower's weights only mean something with the activation they were trained with. An
+  official / MMAction2 checkpoint is QuickGELU unless the config it carries says otherwise, and
+  ``cfg`` must agree.
+  """
   src = src or read_source(path)
   fmt = detect_format(src, fmt)
+  carried = config_from_source(src, fmt)
   if cfg is None:
-    cfg = config_from_source(src, fmt)
+    cfg = carried
     if cfg is None:
       raise CheckpointError(f"{src.path}: a {fmt} checkpoint does not say which model it is; "
                             "pass --official-config CFG.json or --config CONFIG")
+  notes = []
+  if fmt in CLIP_LIKE:
+    act, note = resolve_clip_activation(src, fmt, clip_activation)
+    if cfg.activation != act:
+      note += f" (replaces the config's {cfg.activation})"
+      cfg = cfg.replace(activation=act)
+    notes.append(note)
+  else:
+    if clip_activation is not None:
+      raise CheckpointError(f"{CLIP_ACTIVATION_FLAG} applies to CLIP image towers (clip, hf, "
+                            f"timm), not to a {fmt} checkpoint, whose config sets the activation")
+    # The official code and MMAction2 hard-code QuickGELU; only our own exports (.safetensors
+    # with the config in their metadata) can hold another activation.
+    src_act = carried.activation if carried is not None else "quick_gelu"
+    if cfg.activation != src_act:
+      raise CheckpointError(
+        f"{src.path}: the config has activation {cfg.activation}, the {fmt} checkpoint "
+        f"{src_act}" + ("" if carried is not None else " (the official code and MMAction2 "
+                        "hard-code QuickGELU)"))
   conv = convert_source(src, fmt, cfg, allow_missing=allow_missing)
+  conv.notes[:0] = notes
   flat = C.flax_from_torch(conv.state, cfg, allow_missing=allow_missing or conv.partial,
                            source=str(src.path))
   from uniformerv2_jax.model import create_model
@@ -709,8 +873,15 @@ def write_state(path: str | Path, sd: Mapping[str, np.ndarray], cfg: ModelConfig
   from uniformerv2_jax.checkpoint import config_to_json
 
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   suffix = path.suffix.lower()
+  if cfg.activation != "quick_gelu" and (fmt != "official" or suffix != ".safetensors"):
+    # The official code and MMAction2 hard-code QuickGELU, and a .pth/.npz state dict has no
+    # room for the config: the weights would silently be run with the wrong activation.
+    raise CheckpointError(
+      f"{path}: the model's backbone uses activation {cfg.activation}, which the official code "
+      "and MMAction2 cannot run and a .pth/.pyth/.npz file cannot record; export it as an "
+      "official-layout .safetensors (its metadata carries the config)")
+  path.parent.mkdir(parents=True, exist_ok=True)
   meta = {k: str(v) for k, v in (meta or {}).items()}
   if suffix == ".safetensors":
     from safetensors.numpy import save_file

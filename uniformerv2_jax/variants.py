@@ -82,13 +82,26 @@ def config_from_official(official: Mapping[str, Any] | str | Path, **overrides) 
     mlp_dropout=tuple(float(p) for p in mlp_dropout),
     cls_dropout=float(u["CLS_DROPOUT"]),
     frozen=bool(u["FROZEN"]),
+    # Not an official option (the official code is QuickGELU throughout): written into
+    # backbone_arch by official_from_config for towers trained with exact GELU.
+    activation=str(arch.get("activation", "quick_gelu")),
   )
   kw.update(overrides)
   return ModelConfig(**kw)
 
 
 def official_from_config(cfg: ModelConfig) -> dict[str, Any]:
-  """The inverse: a ModelConfig in the official names (the fixtures' ``config.json`` schema)."""
+  """The inverse: a ModelConfig in the official names (the fixtures' ``config.json`` schema).
+
+  ``backbone_arch.activation`` appears only for a non-official activation, so official models
+  give exactly the official schema."""
+  arch = {
+    "input_resolution": cfg.input_resolution, "patch_size": cfg.patch_size,
+    "width": cfg.width, "layers": cfg.layers, "heads": cfg.heads,
+    "kernel_size": cfg.temporal_kernel,
+  }
+  if cfg.activation != "quick_gelu":
+    arch["activation"] = cfg.activation
   return {
     "MODEL": {"NUM_CLASSES": cfg.num_classes},
     "DATA": {"NUM_FRAMES": cfg.num_frames},
@@ -101,9 +114,5 @@ def official_from_config(cfg: ModelConfig) -> dict[str, Any]:
       "DOUBLE_LMHRA": cfg.double_lmhra, "TEMPORAL_DOWNSAMPLE": cfg.temporal_downsample,
       "FROZEN": cfg.frozen,
     },
-    "backbone_arch": {
-      "input_resolution": cfg.input_resolution, "patch_size": cfg.patch_size,
-      "width": cfg.width, "layers": cfg.layers, "heads": cfg.heads,
-      "kernel_size": cfg.temporal_kernel,
-    },
+    "backbone_arch": arch,
   }
