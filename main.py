@@ -128,7 +128,11 @@ def main(argv) -> None:
   if mode == "plan":
     from uniformerv2_jax import plan
 
-    plan.main(config, device_memory_gb=FLAGS.device_memory_gb, topology=FLAGS.topology)
+    try:
+      plan.main(config, device_memory_gb=FLAGS.device_memory_gb, topology=FLAGS.topology)
+    except plan.TopologyError as e:
+      # One line naming what is missing (not the flags' help), and no local-backend fallback.
+      raise SystemExit(f"--mode plan: {e}") from None
     return
   if mode == "train":
     if not FLAGS.workdir:

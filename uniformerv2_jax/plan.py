@@ -24,8 +24,9 @@ different fusion / layout decisions: expect differences of tens of percent, more
 which XLA:CPU computes partly in f32). With ``topology="v5e:2x2"`` etc. and ``libtpu``
 importable (``pip install 'jax[tpu]==<jax version>'``, an optional extra) the step is
 compiled for that TPU slice (``jax.experimental.topologies``), with the real TPU compiler; out
-of memory then shows up as a compile error, reported as ``fits: false``. Without ``libtpu`` the
-plan falls back to the local backend and says so (``topology_note``).
+of memory then shows up as a compile error, reported as ``fits: false``. A topology is never
+replaced by the local backend: a malformed one, an unknown chip kind (checked before libtpu is
+looked for) or a missing ``libtpu`` raise :class:`TopologyError` with a one-line message.
 
 Mesh. ``config.mesh`` (data / fsdp / tensor, one ``-1`` fills) is built over the devices of the
 target: the topology's chips, or the local devices. A mesh larger than the local device count
@@ -120,47 +121,54 @@ def _bytes_per_device(tree, shardings) -> int:
 
 
 # ----------------------------------------------------------------------------- target devices
-def _parse_topology(topology: str):
+class TopologyError(ValueError):
+  """A ``--topology`` that cannot be planned for (malformed, unknown chip, no ``libtpu``)."""
+
+
+def _parse_topology(topology: str) -> tuple[str, tuple[int, ...]]:
+  """``"v5e:2x2"`` -> ``("v5e", (2, 2))``; the chip kind must be one of ``TPU_HBM_GB``."""
   m = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", topology.strip())
   if not m:
-    raise ValueError(f"topology {topology!r}: expected e.g. v5e:2x2, v4:2x2x1, v6e:4x4")
-  return m.group(1), tuple(int(d) for d in m.group(2).split("x"))
+    raise TopologyError(f"--topology {topology!r} is malformed: expected CHIP:AxB[xC], e.g. "
+                        "v5e:2x2, v4:2x2x1, v6e:4x4")
+  kind = m.group(1)
+  if kind not in TPU_HBM_GB:
+    raise TopologyError(f"--topology {topology!r}: unknown TPU chip {kind!r} (known: "
+                        f"{', '.join(sorted(TPU_HBM_GB))})")
+  return kind, tuple(int(d) for d in m.group(2).split("x"))
 
 
-def tpu_devices(topology: str, num_slices: int = 1):
-  """Compile-only devices of a TPU slice (needs ``libtpu``); raises ImportError without it."""
+def tpu_devices(topology: str, num_slices: int = 1) -> list:
+  """Compile-only devices of a TPU slice; :class:`TopologyError` for a malformed topology, an
+  unknown chip or a missing ``libtpu`` (the name is checked first, so that error does not
+  depend on what is installed)."""
   import importlib.util
 
+  kind, dims = _parse_topology(topology)
   if importlib.util.find_spec("libtpu") is None:
-    raise ImportError(f"libtpu is not installed (pip install 'jax[tpu]=={jax.__version__}')")
+    raise TopologyError(f"--topology {topology} needs libtpu, which is not installed: "
+                        f"pip install 'jax[tpu]=={jax.__version__}'")
   from jax.experimental import topologies
 
-  kind, dims = _parse_topology(topology)
   dims3 = dims + (1,) * (3 - len(dims))
   # Hosts of 2x2 chips (as in the names seen to work); smaller slices on one host.
   host = tuple(min(h, d) for h, d in zip((2, 2, 1), dims3, strict=True))
   chip_config = _CHIP_CONFIG.get(kind, "default")
-  topo = topologies.get_topology_desc(
-    platform="tpu", topology_name=topology, chip_config_name=chip_config,
-    chips_per_host_bounds=host, num_slices=num_slices, wrap=(False, False, False))
+  try:
+    topo = topologies.get_topology_desc(
+      platform="tpu", topology_name=topology, chip_config_name=chip_config,
+      chips_per_host_bounds=host, num_slices=num_slices, wrap=(False, False, False))
+  except Exception as e:  # noqa: BLE001 - libtpu refused the shape: one line, no fallback
+    raise TopologyError(f"--topology {topology}: libtpu could not build it "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
   return list(topo.devices)
 
 
-def _target(topology: str | None):
-  """``(devices, backend name, note)``."""
+def _target(topology: str | None) -> tuple[list, str]:
+  """``(devices, backend name)``: the TPU slice of ``topology``, else the local devices."""
   if topology:
-    try:
-      devs = tpu_devices(topology)
-      return devs, f"tpu ({topology}, AOT)", ""
-    except ImportError as e:
-      note = (f"topology {topology!r} requested but {e}; planned for the local "
-              f"{jax.default_backend()} backend instead")
-    except Exception as e:  # noqa: BLE001 - bad name / libtpu refused: say so, fall back
-      note = (f"topology {topology!r} could not be built ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:200]}); planned for the local "
-              f"{jax.default_backend()} backend instead")
-    return jax.devices(), jax.default_backend(), note
-  return jax.devices(), jax.default_backend(), ""
+    return tpu_devices(topology), f"tpu ({topology}, AOT)"
+  return jax.devices(), jax.default_backend()
 
 
 def _default_memory_gb(devices, topology: str | None, backend: str) -> float | None:
@@ -248,7 +256,7 @@ def plan(config, *, device_memory_gb: float | None = None, topology: str | None 
   TPU chip's HBM for a topology, the device's ``bytes_limit`` on GPU, none on CPU: then no
   ``max_global_batch`` unless given). ``fit_batch=False`` skips the second compile.
   """
-  devices, backend, note = _target(topology)
+  devices, backend = _target(topology)
   mesh = make_plan_mesh(config, devices)
   cfg = train_lib.model_config(config)
   run = abstract_run(config, mesh, cfg)
@@ -263,7 +271,7 @@ def plan(config, *, device_memory_gb: float | None = None, topology: str | None 
     "model": (f"UniFormerV2 {cfg.width}w x {cfg.layers}L, {cfg.num_frames}x"
               f"{cfg.input_resolution}, {cfg.num_classes} classes"),
     "zoo": str(config.zoo.name) if "zoo" in config else "",
-    "backend": backend, "topology": topology or "", "topology_note": note,
+    "backend": backend, "topology": topology or "",
     "devices": int(mesh.size), "mesh": {k: int(v) for k, v in mesh.shape.items()},
     "precision": cfg.dtype, "remat_policy": cfg.remat_policy, "scan_layers": cfg.scan_layers,
     "global_batch": clips, "per_device_batch": clips // divisor,
@@ -343,7 +351,7 @@ def _gib(n) -> str:
 def format_table(r: dict[str, Any]) -> str:
   rows = [
     ("model", r["model"] + (f" ({r['zoo']})" if r.get("zoo") else "")),
-    ("backend", r["backend"] + (f"  [{r['topology_note']}]" if r.get("topology_note") else "")),
+    ("backend", r["backend"]),
     ("mesh", " ".join(f"{k}={v}" for k, v in r["mesh"].items()) + f"  ({r['devices']} devices)"),
     ("precision / remat / scan", f"{r['precision']} / {r['remat_policy']} / {r['scan_layers']}"),
     ("global batch (per device)", f"{r['global_batch']} ({r['per_device_batch']})"),
@@ -365,7 +373,7 @@ def format_table(r: dict[str, Any]) -> str:
     rows.append(("device memory", f"{r['device_memory_gb']:.1f} GB  fits: {r['fits']}"))
     if r.get("bytes_per_clip") is not None:
       rows.append(("+ per extra clip (global)", _gib(r["bytes_per_clip"])))
-    rows.append(("largest global batch", str(r["max_global_batch"])))
+    rows.append(("largest global batch that fits", str(r["max_global_batch"])))
   w = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
