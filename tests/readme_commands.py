@@ -109,7 +109,7 @@ COMMANDS: dict[str, Run | InCI] = {
   "python convert_torch_weights.py --input mmaction2_uniformerv2.pth --output ckpt/mm "
   "--verify": Run("convert", files=("ckpt/mm",), output=("PASS",)),
   "python convert_torch_weights.py --input ViT-B-16.pt --output ckpt/clip_b16 --config "
-  "configs/k400.py:b16_8x224": Run(
+  "configs/k400.py:b16_8x224 --clip-activation quick_gelu": Run(
     "train", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_clip"),),
     files=("ckpt/clip_b16",)),
   "python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.pyth": Run(
