@@ -32,6 +32,15 @@ def resolve(spec: str, root: str = "") -> Path | None:
 def load_labels(config, num_classes: int, override: str = "") -> list[str] | None:
   """Names for the config's dataset (``dataset.labels``), or ``override``; None if unknown."""
   spec = override or config.dataset.labels
+  if not spec and config.dataset.kind in ("ucf101", "hmdb51"):
+    from uniformerv2_jax.data import splits  # the split files define the label map
+
+    names = splits.class_names(config.dataset.kind, config.dataset.root)
+    if len(names) != num_classes:
+      raise ValueError(f"{config.dataset.kind} split files under {config.dataset.root} define "
+                       f"{len(names)} classes, the model has {num_classes} "
+                       "(set --config.model.num_classes)")
+    return names
   path = resolve(spec, config.dataset.root)
   if path is None:
     if override:

@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from uniformerv2_jax import labels as labels_lib
+from uniformerv2_jax.data import splits
 from uniformerv2_jax.data.pipeline import ReaderConfig, SamplingConfig
 from uniformerv2_jax.data.sources import read_clip
 from uniformerv2_jax.data.transforms import EvalConfig, eval_view
@@ -157,7 +158,8 @@ def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   video); a folder (its video files and frame folders, recursively, sorted); a list file
   (``.txt``/``.csv``/``.lst``: official ``path,label`` lines, Something-Something
   ``folder num_frames label`` lines, or bare paths; relative paths against ``root``, the
-  list's folder, then the working directory); or a sequence of any of these. A missing video
+  list's folder, then the working directory; an official UCF-101 / HMDB-51 split file is
+  read as training reads it); or a sequence of any of these. A missing video
   named by a list is kept (reported per video later).
   """
   if isinstance(inputs, (list, tuple)):
@@ -175,6 +177,9 @@ def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                             "folder of videos or a list file)")
   if not _is_list_file(path):
     return [path]
+  official = splits.videos_of_split_file(path)  # UCF-101 / HMDB-51 split files as distributed
+  if official is not None:
+    return official
   bases = [b for b in (root, os.path.dirname(os.path.abspath(path)), os.getcwd()) if b]
   with open(path, encoding="utf-8") as f:
     lines = [line.strip() for line in f.read().splitlines()]

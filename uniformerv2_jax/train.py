@@ -64,14 +64,16 @@ def make_source(config, split: str):
     list_file = os.path.join(d.root, getattr(d, f"{split}_list"))
     return data_lib.FrameFolderListSource(list_file, d.root, num_classes=num_classes,
                                           template=d.frame_template, bgr=d.bgr)
+  if d.kind in ("ucf101", "hmdb51"):  # the official split files (val = test: no val set)
+    return data_lib.SplitSource(d.kind, d.root, d.split, split, num_classes=num_classes)
   if d.kind == "tfds":
     return data_lib.TfdsSource(d.tfds_name, split="train" if split == "train" else split,
                                data_dir=d.tfds_data_dir or None, video_key=d.video_key,
                                label_key=d.label_key)
   if d.kind == "arrayrecord":
     return data_lib.ArrayRecordSource(os.path.join(d.root, split))
-  raise ValueError(f"unknown dataset.kind {d.kind!r} (video_list, frame_folders, tfds, "
-                   "arrayrecord, demo)")
+  raise ValueError(f"unknown dataset.kind {d.kind!r} (video_list, frame_folders, ucf101, "
+                   "hmdb51, tfds, arrayrecord, demo)")
 
 
 def sampling_config(config, cfg: ModelConfig) -> data_lib.SamplingConfig:

@@ -19,6 +19,7 @@ from uniformerv2_jax.data.sources import (
   VideoListSource,
   read_clip,
 )
+from uniformerv2_jax.data.splits import SplitSource
 from uniformerv2_jax.data.transforms import (
   EvalConfig,
   MixupConfig,
@@ -38,6 +39,7 @@ __all__ = [
   "MixupConfig",
   "ReaderConfig",
   "SamplingConfig",
+  "SplitSource",
   "TfdsSource",
   "TrainAugConfig",
   "VideoListSource",

@@ -16,6 +16,8 @@ CLI::
 
     python -m uniformerv2_jax.data.prepare --list train.csv --prefix DIR --out OUT \
         [--short-side 320] [--format mp4|jpeg] [--records-per-shard 1000] [--num-classes K]
+    python -m uniformerv2_jax.data.prepare --dataset ucf101|hmdb51 --split 1 --subset train \
+        --prefix ROOT --out OUT   # the official split files; also writes OUT/labels.txt
 
 Unreadable videos are skipped with a warning and listed in ``OUT/skipped.txt``.
 """
@@ -26,7 +28,7 @@ import argparse
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import av
 import numpy as np
@@ -34,7 +36,8 @@ from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from uniformerv2_jax.data.sources import VideoListSource, encode_record
+from uniformerv2_jax.data import splits
+from uniformerv2_jax.data.sources import Record, VideoListSource, encode_record
 from uniformerv2_jax.data.video import DecodeError, read_video
 
 
@@ -135,11 +138,27 @@ def prepare(
   num_classes: int | None = None,
   sep: str = ",",
 ) -> list[str]:
-  """Write ``OUT/data-XXXXX-of-YYYYY.array_record`` shards and ``OUT/index.json``; returns the
-  shard paths."""
+  """Write ``OUT/data-XXXXX-of-YYYYY.array_record`` shards and ``OUT/index.json`` for the videos
+  of an official list file; returns the shard paths."""
   source = VideoListSource(list_file, prefix, num_classes=num_classes, sep=sep)
+  return prepare_source(source, prefix, out, short_side=short_side, fmt=fmt,
+                        records_per_shard=records_per_shard)
+
+
+def prepare_source(
+  source: Sequence[Record],
+  prefix: str,
+  out: str,
+  *,
+  short_side: int = 320,
+  fmt: str = "mp4",
+  records_per_shard: int = 1000,
+) -> list[str]:
+  """:func:`prepare` for any source of ``video`` records (a list file, the UCF-101 / HMDB-51
+  split files); paths are stored relative to ``prefix``."""
   os.makedirs(out, exist_ok=True)
-  rel = [os.path.relpath(r["path"], prefix) if prefix else r["path"] for r in source.records]
+  paths_in = [source[i]["path"] for i in range(len(source))]
+  rel = [os.path.relpath(p, prefix) if prefix else p for p in paths_in]
   chunks = list(_chunks(len(source), records_per_shard))
   paths, skipped, shards = [], [], []
   for k, chunk in enumerate(chunks):
@@ -174,7 +193,12 @@ def prepare(
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description="Write UniFormerV2 ArrayRecord video shards.")
-  parser.add_argument("--list", required=True, help="list file: path<SEP>label per line")
+  parser.add_argument("--list", help="list file: path<SEP>label per line")
+  parser.add_argument("--dataset", choices=splits.KINDS,
+                      help="read the official split files of this dataset instead of --list "
+                           "(--prefix is the folder the archives were extracted into)")
+  parser.add_argument("--split", type=int, default=1, choices=splits.SPLITS)
+  parser.add_argument("--subset", default="train", choices=("train", "test"))
   parser.add_argument("--prefix", default="", help="directory the list paths are relative to")
   parser.add_argument("--out", required=True)
   parser.add_argument("--short-side", type=int, default=320)
@@ -183,16 +207,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num-classes", type=int, default=None)
   parser.add_argument("--sep", default=",")
   args = parser.parse_args(argv)
-  paths = prepare(
-    args.list,
-    args.prefix,
-    args.out,
-    short_side=args.short_side,
-    fmt=args.format,
-    records_per_shard=args.records_per_shard,
-    num_classes=args.num_classes,
-    sep=args.sep,
-  )
+  if (args.list is None) == (args.dataset is None):
+    parser.error("give exactly one of --list and --dataset")
+  kw = dict(short_side=args.short_side, fmt=args.format, records_per_shard=args.records_per_shard)
+  if args.dataset:
+    source = splits.SplitSource(args.dataset, args.prefix, args.split, args.subset,
+                                num_classes=args.num_classes)
+    paths = prepare_source(source, args.prefix, args.out, **kw)
+    with open(os.path.join(args.out, "labels.txt"), "w", encoding="utf-8") as f:
+      f.writelines(f"{name}\n" for name in source.class_names)
+  else:
+    paths = prepare(args.list, args.prefix, args.out, num_classes=args.num_classes, sep=args.sep,
+                    **kw)
   print(f"wrote {len(paths)} shard(s) to {args.out}")
 
 

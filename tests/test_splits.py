@@ -1,0 +1,248 @@
+"""UCF-101 and HMDB-51 read from their official split files: tiny archives in the official
+layouts (CRLF line endings as UCF-101 ships them, HMDB-51's trailing spaces) are parsed back to
+exactly what was written, malformed files give errors naming the file and line, the same readers
+feed prepare and predict, and a short fine-tuning of a converted checkpoint beats chance and is
+evaluated on the three splits by the README's loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES, REPO
+from uniformerv2_jax.data import splits
+from uniformerv2_jax.data.demo_dataset import write_mp4
+from uniformerv2_jax.data.sources import ArrayRecordSource, ListFileError
+
+# classInd.txt order on purpose not alphabetical: the label map must follow the file.
+UCF_CLASSES = ["Basketball", "ApplyEyeMakeup", "HandstandPushups"]
+UCF_COLOURS = [(220, 40, 40), (40, 220, 40), (40, 40, 220)]
+HMDB_CLASSES = ["ride_bike", "brush_hair", "fall_floor"]  # underscores, as HMDB-51 names
+GROUPS, CLIPS = 3, 2  # split s tests on group s, trains on the others
+
+
+def _file_stem(cls: str) -> str:
+  # The released files spell one class differently from its folder (v_HandStandPushups_*).
+  return "HandStandPushups" if cls == "HandstandPushups" else cls
+
+
+def _video(path: str, colour, seed: int) -> None:
+  rng = np.random.default_rng(seed)
+  frames = np.empty((16, 64, 80, 3), np.uint8)
+  frames[:] = np.asarray(colour, np.uint8)
+  frames = np.clip(frames + rng.integers(-20, 21, frames.shape), 0, 255).astype(np.uint8)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_mp4(path, frames)
+
+
+def _write_crlf(path: str, lines: list[str]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    f.write("".join(f"{line}\r\n" for line in lines))
+
+
+def make_ucf101(root: str, with_videos: bool = True) -> dict:
+  """The official UCF-101 layout; returns what each split's lists name: {(split, subset):
+  [(path relative to UCF-101/, label)]}."""
+  _write_crlf(f"{root}/ucfTrainTestlist/classInd.txt",
+              [f"{i + 1} {c}" for i, c in enumerate(UCF_CLASSES)])
+  expected = {}
+  for split in (1, 2, 3):
+    train, test = [], []
+    for label, cls in enumerate(UCF_CLASSES):
+      for g in range(1, GROUPS + 1):
+        for c in range(1, CLIPS + 1):
+          rel = f"{cls}/v_{_file_stem(cls)}_g{g:02d}_c{c:02d}.avi"
+          (test if g == split else train).append((rel, label))
+    _write_crlf(f"{root}/ucfTrainTestlist/trainlist0{split}.txt",
+                [f"{rel} {label + 1}" for rel, label in train])
+    _write_crlf(f"{root}/ucfTrainTestlist/testlist0{split}.txt", [rel for rel, _ in test])
+    expected[split, "train"], expected[split, "test"] = train, test
+  if with_videos:
+    for i, (rel, label) in enumerate(expected[1, "train"] + expected[1, "test"]):
+      _video(f"{root}/UCF-101/{rel}", UCF_COLOURS[label], seed=i)
+  return expected
+
+
+def make_hmdb51(root: str) -> dict:
+  """The official HMDB-51 layout (split files only); returns {(split, subset): [(path relative
+  to root, label)]} with labels in sorted class order."""
+  expected = {}
+  order = sorted(HMDB_CLASSES)
+  for split in (1, 2, 3):
+    sets = {"train": [], "test": []}
+    for cls in HMDB_CLASSES:
+      lines = []
+      for v in range(6):
+        flag = (v + split) % 3  # each video is train, test and unused across the splits
+        name = f"{cls}_video_{v}_u_nm_np1_fr_med_{v}.avi"
+        lines.append(f"{name} {flag} ")  # the released files end each line with a space
+        if flag:
+          sets["train" if flag == 1 else "test"].append((f"{cls}/{name}", order.index(cls)))
+      _write_crlf(f"{root}/testTrainMulti_7030_splits/{cls}_test_split{split}.txt", lines)
+    for subset, items in sets.items():
+      expected[split, subset] = sorted(items, key=lambda t: (t[1], t[0]))
+  return expected
+
+
+@pytest.fixture(scope="module")
+def ucf_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("ucf"))
+  return root, make_ucf101(root)
+
+
+def test_ucf101_lists_parse_back_to_what_was_written(ucf_root):
+  root, expected = ucf_root
+  assert splits.class_names("ucf101", root) == UCF_CLASSES
+  for split in (1, 2, 3):
+    for subset in ("train", "test"):
+      src = splits.SplitSource("ucf101", root, split, subset, num_classes=3)
+      got = [(os.path.relpath(r["path"], f"{root}/UCF-101"), r["label"]) for r in src.records]
+      assert got == expected[split, subset], (split, subset)
+  val = splits.SplitSource("ucf101", root, 2, "val")  # no validation set: the test list
+  assert [r["path"] for r in val.records] == [
+    f"{root}/UCF-101/{rel}" for rel, _ in expected[2, "test"]]
+
+
+def test_hmdb51_split_files_parse_back_to_what_was_written(tmp_path):
+  root = str(tmp_path)
+  expected = make_hmdb51(root)
+  assert splits.class_names("hmdb51", root) == sorted(HMDB_CLASSES)
+  for split in (1, 2, 3):
+    for subset in ("train", "test"):
+      src = splits.SplitSource("hmdb51", root, split, subset)
+      got = sorted(((os.path.relpath(r["path"], root), r["label"]) for r in src.records),
+                   key=lambda t: (t[1], t[0]))
+      assert got == expected[split, subset], (split, subset)
+
+
+@pytest.mark.parametrize("edit, message", [
+  (("classInd.txt", 2, "2ApplyEyeMakeup"), r"classInd.txt:2: expected '<index> <ClassName>'"),
+  (("classInd.txt", 2, "5 ApplyEyeMakeup"), r"classInd.txt:2: index 5 out of order"),
+  (("trainlist01.txt", 3, "Juggling/v_Juggling_g02_c01.avi 1"),
+   r"trainlist01.txt:3: class folder 'Juggling' .* not in ucfTrainTestlist/classInd.txt"),
+  (("trainlist01.txt", 1, "Basketball/v_Basketball_g02_c01.avi 2"),
+   r"trainlist01.txt:1: class index 2 is 'ApplyEyeMakeup' but the video is in Basketball/"),
+  (("trainlist01.txt", 1, "Basketball/v_Basketball_g02_c01.avi"),
+   r"trainlist01.txt:1: expected '<Class>/<video>.avi <index>'"),
+  (("testlist01.txt", 2, "Basketball/v_Basketball_g01_c02.avi 1"),
+   r"testlist01.txt:2: expected '<Class>/<video>.avi'"),
+])
+def test_malformed_ucf101_files_are_named(tmp_path, edit, message):
+  root = str(tmp_path)
+  make_ucf101(root, with_videos=False)
+  name, lineno, text = edit
+  path = f"{root}/ucfTrainTestlist/{name}"
+  lines = open(path, newline="").read().split("\r\n")
+  lines[lineno - 1] = text
+  open(path, "w", newline="").write("\r\n".join(lines))
+  subset = "test" if name.startswith("test") else "train"
+  with pytest.raises(ListFileError, match=message):
+    splits.SplitSource("ucf101", root, 1, subset)
+
+
+def test_malformed_hmdb51_files_are_named(tmp_path):
+  root = str(tmp_path)
+  make_hmdb51(root)
+  path = f"{root}/testTrainMulti_7030_splits/fall_floor_test_split2.txt"
+  lines = open(path).read().splitlines()
+  lines[3] = "fall_floor_video_3.avi 3"
+  open(path, "w").write("\n".join(lines))
+  with pytest.raises(ListFileError, match=r"fall_floor_test_split2.txt:4: expected "
+                                          r"'<video>.avi 0\|1\|2'"):
+    splits.SplitSource("hmdb51", root, 2, "train")
+  os.remove(f"{root}/testTrainMulti_7030_splits/brush_hair_test_split3.txt")
+  with pytest.raises(ListFileError, match=r"brush_hair_test_split3.txt is missing"):
+    splits.SplitSource("hmdb51", root, 3, "test")
+  with pytest.raises(ListFileError, match=r"define 3 classes, the model has 51"):
+    splits.SplitSource("hmdb51", root, 1, "train", num_classes=51)
+  with pytest.raises(ValueError, match=r"dataset.split 4: hmdb51 has splits 1, 2, 3"):
+    splits.SplitSource("hmdb51", root, 4, "train")
+
+
+def test_absent_videos_are_kept_and_counted(tmp_path, caplog):
+  root = str(tmp_path)
+  expected = make_ucf101(root, with_videos=False)
+  with caplog.at_level(logging.WARNING):
+    src = splits.SplitSource("ucf101", root, 1, "test")
+  # Kept as records (the pipeline counts each one as a skipped sample when it fails to open).
+  assert len(src) == len(expected[1, "test"]) == src.num_absent
+  assert f"6 of 6 listed videos are absent (first: {root}/ucfTrainTestlist/testlist01.txt:1" \
+    in caplog.text
+
+
+def test_prepare_and_predict_read_the_split_files(ucf_root, tmp_path):
+  from uniformerv2_jax.data import prepare
+  from uniformerv2_jax.predict import find_videos
+
+  root, expected = ucf_root
+  out = str(tmp_path / "shards")
+  prepare.main(["--dataset", "ucf101", "--split", "1", "--subset", "test", "--prefix", root,
+                "--out", out, "--short-side", "32"])
+  shards = ArrayRecordSource(out)
+  assert [(shards[i]["path"], shards[i]["label"]) for i in range(len(shards))] == [
+    (f"UCF-101/{rel}", label) for rel, label in expected[1, "test"]]
+  assert open(f"{out}/labels.txt").read().splitlines() == UCF_CLASSES
+  listed = find_videos(f"{root}/ucfTrainTestlist/testlist01.txt")
+  assert listed == [f"{root}/UCF-101/{rel}" for rel, _ in expected[1, "test"]]
+
+
+def test_finetune_from_converted_checkpoint_then_eval_three_splits(ucf_root, tmp_path):
+  from uniformerv2_jax.checkpoint import save_model
+  from uniformerv2_jax.formats import import_model
+  from uniformerv2_jax.train import train_and_evaluate
+  from uniformerv2_jax.variants import config_from_official
+
+  root, _ = ucf_root
+  # The tiny official K400 model stands in for the released K400 checkpoint.
+  k400 = str(tmp_path / "k400")
+  imp = import_model(FIXTURES / "tiny_k400" / "model.npz",
+                     config_from_official(FIXTURES / "tiny_k400" / "config.json"))
+  save_model(k400, imp.model)
+  from configs import ucf101
+
+  config = ucf101.get_config("b16_8x224")
+  assert config.dataset.kind == "ucf101" and config.init_head == "new"
+  tiny = dataclasses.asdict(imp.model.cfg.replace(num_classes=3))
+  settings = {
+    **{f"model.{k}": v for k, v in tiny.items() if config.model[k] != v},
+    "dataset.root": root, "init_from": k400, "aug.crop_size": 64, "sampling.test_clips": 1,
+    "sampling.test_crops": 1, "batch_size": 6, "remat_policy": "none"}
+  overrides = [f"--config.{k}={v!r}".replace(" ", "") if isinstance(v, tuple)
+               else f"--config.{k}={v}" for k, v in settings.items()]
+  train_settings = {**settings, "total_steps": 16, "optim.base_lr": 1e-3,
+                    "optim.warmup_epochs": 0.0, "aug.rand_augment": "",
+                    "eval_every_steps": 1000}
+  for key, value in train_settings.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  assert config.dataset.kind == "ucf101" and config.init_head == "new"
+  workdir = str(tmp_path / "run")
+  summary = train_and_evaluate(config, workdir)
+  # 6 test videos of 3 colour classes: chance is 1/3; a working fine-tune separates them.
+  assert summary["num_videos"] == 6 and summary["top1"] >= 5 / 6, summary
+
+  # The README's 3-split evaluation (each split's run here is the split-1 run).
+  evaluate = [sys.executable, "main.py", "--mode", "eval", "--config",
+              "configs/ucf101.py:b16_8x224", "--checkpoint", workdir, *overrides]
+  average = ("import json, sys; t = [json.loads(l)['top1'] for l in sys.stdin]; "
+             "print(json.dumps({'splits': t, 'mean_top1': sum(t) / len(t)}))")
+  loop = (f"for s in 1 2 3; do {shlex.join(evaluate)} --config.dataset.split=$s | tail -n 1; "
+          f"done | {shlex.quote(sys.executable)} -c {shlex.quote(average)}")
+  out = subprocess.run(["bash", "-c", loop], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert len(result["splits"]) == 3 and result["splits"][0] == summary["top1"]
+  assert result["mean_top1"] == pytest.approx(np.mean(result["splits"]))
