@@ -1,6 +1,7 @@
 """End-to-end training on a small generated dataset: the loss falls, eval runs, checkpoints,
-TensorBoard events and the plot are written; a run killed with SIGKILL and restarted ends
-bit-identical to an uninterrupted one."""
+TensorBoard events and the plot are written; a run killed with SIGKILL and restarted, and one
+stopped with SIGTERM (it saves and exits 0) and restarted, end bit-identical to an uninterrupted
+one."""
 
 from __future__ import annotations
 
@@ -60,25 +61,67 @@ def _train_cmd(dataset, workdir, steps):
           "--config.keep_checkpoints=20"]
 
 
-def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
-  steps = 12
-  full = str(tmp_path / "full")
-  subprocess.run(_train_cmd(dataset, full, steps), cwd=REPO, check=True, capture_output=True,
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset, tmp_path_factory) -> str:
+  """The uninterrupted run the interrupted ones must reproduce."""
+  full = str(tmp_path_factory.mktemp("full"))
+  subprocess.run(_train_cmd(dataset, full, STEPS), cwd=REPO, check=True, capture_output=True,
                  timeout=600)
-  killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_train_cmd(dataset, killed, steps), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return full
+
+
+def _wait_for(predicate, proc: subprocess.Popen) -> None:
   deadline = time.time() + 600
-  while time.time() < deadline and not any(s >= 6 for s in checkpoint_steps(killed)):
+  while time.time() < deadline and proc.poll() is None and not predicate():
     time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  reached = max(checkpoint_steps(killed))
-  assert 6 <= reached < steps, f"killed at step {reached}: too late to test a resume"
-  subprocess.run(_train_cmd(dataset, killed, steps), cwd=REPO, check=True, capture_output=True,
+
+
+def _train_rows(workdir: str) -> list[int]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  rows = [json.loads(line) for line in open(path).read().splitlines() if line.strip()]
+  return [r["step"] for r in rows if r.get("kind") == "train"]
+
+
+def _resume_and_compare(dataset: str, full: str, resumed: str) -> None:
+  subprocess.run(_train_cmd(dataset, resumed, STEPS), cwd=REPO, check=True, capture_output=True,
                  timeout=600)
-  assert max(checkpoint_steps(killed)) == steps
-  a, b = flat_state(load_checkpoint(full)), flat_state(load_checkpoint(killed))
+  assert max(checkpoint_steps(resumed)) == STEPS
+  a, b = flat_state(load_checkpoint(full)), flat_state(load_checkpoint(resumed))
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=str(k))
+
+
+def test_sigkill_then_resume_is_bit_identical(dataset, full_run, tmp_path):
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_train_cmd(dataset, killed, STEPS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for(lambda: any(s >= 6 for s in checkpoint_steps(killed)), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  reached = max(checkpoint_steps(killed))
+  assert 6 <= reached < STEPS, f"killed at step {reached}: too late to test a resume"
+  _resume_and_compare(dataset, full_run, killed)
+
+
+def test_sigterm_saves_exits_zero_then_resume_is_bit_identical(dataset, full_run, tmp_path):
+  """SIGTERM once a step has run (a metrics row exists): the run saves the step it is at,
+  between the periodic checkpoints, and exits 0; resuming ends where the uninterrupted run
+  ends."""
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for(lambda: len(_train_rows(stopped)) >= 1, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err.decode()[-2000:]
+  last = max(_train_rows(stopped))
+  assert last < STEPS, f"stopped at step {last}: too late to test a resume"
+  # The saved step is the last one run, not only the last periodic (every 3 steps) checkpoint.
+  assert max(checkpoint_steps(stopped)) == last
+  _resume_and_compare(dataset, full_run, stopped)
