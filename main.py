@@ -43,6 +43,9 @@ flags.DEFINE_float("device_memory_gb", None, "plan: memory per device to fit (de
                    "/ GPU bytes_limit / none on CPU).")
 flags.DEFINE_string("topology", None, "plan: TPU topology for AOT planning, e.g. v5e:2x2 "
                     "(needs libtpu).")
+flags.DEFINE_list("eval_splits", None, "eval (ucf101 / hmdb51): evaluate on these official "
+                  "splits, e.g. 1,2,3, and print their mean; {split} in --checkpoint is replaced "
+                  "by each split's number (one fine-tuned run per split).")
 flags.DEFINE_enum("adapt", "resize", ["resize", "pos_embed"], "Crop size != model resolution: "
                   "resize the views, or interpolate the positional embedding.")
 FLAGS = flags.FLAGS
@@ -107,6 +110,54 @@ def predict_or_extract(config) -> None:
     raise app.UsageError(str(e)) from None
 
 
+def evaluate(config, directory: str, run=None) -> dict:
+  """Multi-view test of the checkpoint in ``directory`` on the config's test set (``run``: a
+  ``train.setup`` of the same config to reuse, its compiled steps included)."""
+  from uniformerv2_jax import train
+  from uniformerv2_jax.checkpoint import NoEmaError
+
+  test_src = train.make_source(config, "test")
+  run = run or train.setup(config, train_size=1)
+  try:
+    step = train.restore_params(run, directory, use_ema=FLAGS.use_ema)
+  except NoEmaError as e:
+    raise app.UsageError(str(e)) from None
+  names = train.labels_lib.load_labels(config, config.model.num_classes)
+  return train.evaluate(run, test_src, workdir=FLAGS.workdir or directory, step=step,
+                        names=names, prefix="test")
+
+
+def evaluate_splits(config, directory: str, splits: list[str]) -> None:
+  """The usual UCF-101 / HMDB-51 figure: each split's run on its own test list, then the mean.
+  Prints one JSON line per split and a final line with the means."""
+  if config.dataset.kind not in ("ucf101", "hmdb51"):
+    raise app.UsageError(f"--eval_splits needs dataset.kind ucf101 or hmdb51, not "
+                         f"{config.dataset.kind!r}")
+  try:
+    numbers = [int(s) for s in splits]
+  except ValueError:
+    raise app.UsageError(f"--eval_splits {','.join(splits)}: expected split numbers, e.g. "
+                         "1,2,3") from None
+  if any(n not in (1, 2, 3) for n in numbers) or len(set(numbers)) != len(numbers):
+    raise app.UsageError(f"--eval_splits {','.join(splits)}: distinct splits among 1, 2, 3")
+  if "{split}" not in directory:
+    logging.warning("--checkpoint has no {split}: the same model is evaluated on every split")
+  dirs = {n: directory.replace("{split}", str(n)) for n in numbers}
+  missing = [d for d in dirs.values() if "://" not in d and not os.path.isdir(d)]
+  if missing:
+    raise app.UsageError(f"checkpoint directory not found: {', '.join(missing)}")
+  from uniformerv2_jax import train
+
+  run = train.setup(config, train_size=1)  # one model and one compile for every split
+  results = {}
+  for n, d in dirs.items():
+    config.dataset.split = n
+    results[n] = evaluate(config, d, run)
+    print(json.dumps({"split": n, "checkpoint": d, **results[n]}), flush=True)
+  mean = {k: sum(r[k] for r in results.values()) / len(results) for k in ("top1", "top5")}
+  print(json.dumps({"splits": numbers, "mean_top1": mean["top1"], "mean_top5": mean["top5"]}))
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -143,23 +194,13 @@ def main(argv) -> None:
     print(json.dumps({"final_eval": summary}))
     return
   if mode == "eval":
-    from uniformerv2_jax import train
-
     directory = FLAGS.checkpoint or FLAGS.workdir
     if not directory:
       raise app.UsageError("--checkpoint (or --workdir of a run) is required for eval")
-    test_src = train.make_source(config, "test")
-    run = train.setup(config, train_size=1)
-    from uniformerv2_jax.checkpoint import NoEmaError
-
-    try:
-      step = train.restore_params(run, directory, use_ema=FLAGS.use_ema)
-    except NoEmaError as e:
-      raise app.UsageError(str(e)) from None
-    names = train.labels_lib.load_labels(config, config.model.num_classes)
-    summary = train.evaluate(run, test_src, workdir=FLAGS.workdir or directory, step=step,
-                             names=names, prefix="test")
-    print(json.dumps(summary))
+    if FLAGS.eval_splits:
+      evaluate_splits(config, directory, FLAGS.eval_splits)
+    else:
+      print(json.dumps(evaluate(config, directory)))
     return
   raise app.UsageError(f"unknown --mode {mode}")
 

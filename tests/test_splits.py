@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import os
-import shlex
+import shutil
 import subprocess
 import sys
 
@@ -233,16 +233,29 @@ def test_finetune_from_converted_checkpoint_then_eval_three_splits(ucf_root, tmp
   # 6 test videos of 3 colour classes: chance is 1/3; a working fine-tune separates them.
   assert summary["num_videos"] == 6 and summary["top1"] >= 5 / 6, summary
 
-  # The README's 3-split evaluation (each split's run here is the split-1 run).
-  evaluate = [sys.executable, "main.py", "--mode", "eval", "--config",
-              "configs/ucf101.py:b16_8x224", "--checkpoint", workdir, *overrides]
-  average = ("import json, sys; t = [json.loads(l)['top1'] for l in sys.stdin]; "
-             "print(json.dumps({'splits': t, 'mean_top1': sum(t) / len(t)}))")
-  loop = (f"for s in 1 2 3; do {shlex.join(evaluate)} --config.dataset.split=$s | tail -n 1; "
-          f"done | {shlex.quote(sys.executable)} -c {shlex.quote(average)}")
-  out = subprocess.run(["bash", "-c", loop], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+  # The 3-split evaluation: {split} in --checkpoint names each split's run; here every split
+  # points at the split-1 run (copies), so split 1 must reproduce the training run's own eval.
+  for n in (2, 3):
+    shutil.copytree(workdir, str(tmp_path / f"run{n}"))
+  os.rename(workdir, str(tmp_path / "run1"))
+  out = subprocess.run(
+    [sys.executable, "main.py", "--mode", "eval", "--config", "configs/ucf101.py:b16_8x224",
+     "--checkpoint", str(tmp_path / "run{split}"), "--eval_splits", "1,2,3", *overrides],
+    cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert len(result["splits"]) == 3 and result["splits"][0] == summary["top1"]
-  assert result["mean_top1"] == pytest.approx(np.mean(result["splits"]))
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  per_split, final = rows[:-1], rows[-1]
+  assert [r["split"] for r in per_split] == [1, 2, 3]
+  assert [r["checkpoint"] for r in per_split] == [str(tmp_path / f"run{n}") for n in (1, 2, 3)]
+  assert per_split[0]["top1"] == summary["top1"] and per_split[0]["num_videos"] == 6
+  assert final["splits"] == [1, 2, 3]
+  assert final["mean_top1"] == pytest.approx(np.mean([r["top1"] for r in per_split]))
+
+
+def test_eval_splits_refuses_other_datasets(tmp_path):
+  out = subprocess.run(
+    [sys.executable, "main.py", "--mode", "eval", "--config", "configs/demo.py",
+     "--checkpoint", str(tmp_path), "--eval_splits", "1,2,3"],
+    cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--eval_splits needs dataset.kind ucf101 or hmdb51, not 'demo'" in out.stderr
