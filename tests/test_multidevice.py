@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 from tests.conftest import REPO
 
 SCRIPT = textwrap.dedent("""
@@ -54,7 +56,7 @@ SCRIPT = textwrap.dedent("""
   ref_loss, ref_leaves, _ = out["single"]
   report = {}
   for name, (loss, leaves, sharded) in out.items():
-    report[name] = {"loss_diff": abs(loss - ref_loss), "sharded": sharded,
+    report[name] = {"loss": loss, "loss_diff": abs(loss - ref_loss), "sharded": sharded,
                     "param_diff": max(float(np.abs(a - b).max())
                                       for a, b in zip(leaves, ref_leaves))}
   print("RESULT" + json.dumps(report))
@@ -68,15 +70,22 @@ def test_one_step_is_mesh_invariant():
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads(proc.stdout.split("RESULT")[-1])
+  eps = float(np.finfo(np.float32).eps)
+  ref_loss = report["single"]["loss"]
   for name, r in report.items():
-    assert r["loss_diff"] <= 1e-5, (name, r)
+    # The mean over the 8 examples is summed in a mesh-dependent order: f32 epsilon times the
+    # accumulation length, relative to the loss.
+    assert r["loss_diff"] <= 8 * eps * abs(ref_loss), (name, r)
+    # The first AdamW step moves each parameter by lr g / (|g| + eps_adam), about lr = 1e-3
+    # whatever |g| is: 1e-5 (1% of a step) fails any gradient whose sign or scale the mesh
+    # changed, and passes the few f32 ulps of |param| that a different fusion may round to.
     assert r["param_diff"] <= 1e-5, (name, r)
   # FSDP / tensor meshes really shard the parameters (not a replicated no-op).
   assert report["1x8"]["sharded"] and report["2x4"]["sharded"] and report["2x2x2"]["sharded"]
 
 
 FSDP_MEMORY_SCRIPT = textwrap.dedent("""
-  import json
+  import json, math
   import jax, jax.numpy as jnp
   from uniformerv2_jax import sharding as S
   from uniformerv2_jax.model import ModelConfig, abstract_model
@@ -96,7 +105,8 @@ FSDP_MEMORY_SCRIPT = textwrap.dedent("""
                      key=jax.ShapeDtypeStruct((2,), jnp.uint32))
   batch = {"video": jax.ShapeDtypeStruct((16, 4, 32, 32, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
-  out = {}
+  out = {"param_bytes": sum(math.prod(x.shape) * x.dtype.itemsize
+                            for x in jax.tree.leaves(params))}
   for name, shape in (("data", (8, 1, 1)), ("fsdp", (1, 8, 1))):
     mesh = S.make_mesh(dict(zip(S.AXES, shape)))
     sh = state_shardings(state, mesh, rules)
@@ -121,5 +131,6 @@ def test_fsdp_keeps_activations_split_over_the_batch():
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   temp = json.loads(proc.stdout.split("RESULT")[-1])
-  # Measured: data 10.5 MB, fsdp 9.9 MB; without the pinning fsdp needed 30.0 MB.
-  assert temp["fsdp"] <= 1.25 * temp["data"], temp
+  # FSDP may add at most the 7/8 of the weights a device does not hold, gathered (2.5 MB here);
+  # activations laid out along the embedding instead took 30 MB against data's 10.5 MB.
+  assert temp["fsdp"] <= temp["data"] + 7 / 8 * temp["param_bytes"], temp
