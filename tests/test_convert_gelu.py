@@ -155,3 +155,22 @@ def test_gelu_model_exports_only_where_the_activation_survives(tmp_path):
   with pytest.raises(CheckpointError, match="hard-code QuickGELU"):
     F.import_model(k400 / "model.npz",
                    config_from_official(k400 / "config.json", activation="gelu"))
+
+
+def test_training_from_a_gelu_tower_needs_the_gelu_config(converted):
+  """``init_from`` a converted GELU tower: a run configured with QuickGELU is refused before
+  any step (it would silently compute other features); with ``gelu`` the weights load."""
+  from configs.common import base_config, model_config_dict
+  from uniformerv2_jax import train
+  from uniformerv2_jax.model import count_params
+
+  src = load_checkpoint(converted[0]).cfg
+  config = base_config()
+  config.model = model_config_dict(src.replace(activation="quick_gelu"))
+  config.init_from = str(converted[0])
+  with pytest.raises(ValueError, match="its backbone uses activation gelu.*"
+                                       "--config.model.activation=gelu"):
+    train.initial_model(config, train.model_config(config))
+  config.model.activation = "gelu"
+  model = train.initial_model(config, train.model_config(config))
+  assert model.cfg.activation == "gelu" and count_params(model) > 0
