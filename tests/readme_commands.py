@@ -19,7 +19,8 @@ written, in the workspace, with the names it leaves to the reader defined by a p
 
 Placeholders in replacements and appended arguments: ``{ws}`` the workspace, ``{tiny}``
 ``tests/readme_tiny_config.py``, ``{demo}`` the generated demo dataset, ``{k400}`` a generated
-list-file dataset in the K400 layout (``train.csv``/``val.csv``/``test.csv`` + videos).
+list-file dataset in the K400 layout (``train.csv``/``val.csv``/``test.csv`` + videos),
+``{ucf101}`` a 3-class UCF-101 archive with its official split files.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ WORKSPACE_FILES = {
   "list.csv": "official list lines: my_video.mp4,3 and videos/b.mp4,1",
   "{demo}": "demo dataset, demo_dataset.generate(train_per_class=2, val_per_class=1)",
   "{k400}": "the same generator (10 classes) plus test.csv = val.csv",
+  "{ucf101}": "a 3-class UCF-101 archive in the official layout (tests/fake_archives.py)",
 }
 
 TRAIN_STEPS = "--config.total_steps=2"
@@ -130,6 +132,21 @@ COMMANDS: dict[str, Run | InCI] = {
     "train", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_clip"),
                       ("gs://bucket/", "{ws}/bucket/"), ("/data/k400", "{k400}")),
     output=('"top1"',)),
+  # -- Fine-tune on UCF-101 / HMDB-51 (tiny_k400's model fine-tuned on a 3-class archive)
+  "python main.py --config configs/ucf101.py:b16_8x224 --workdir runs/ucf101_split1 "
+  "--config.dataset.root=/data/ucf101 --config.init_from=ckpt/k400_b16": Run(
+    "convert", replace=(("configs/ucf101.py:b16_8x224", "{tiny}:ucf101:b16_8x224:tiny_k400"),
+                        ("/data/ucf101", "{ucf101}")),
+    append=("--config.model.num_classes=3", TRAIN_STEPS),
+    files=("runs/ucf101_split1/checkpoints",), output=('"final_eval"',)),
+  "python main.py --mode eval --config configs/ucf101.py:b16_8x224 "
+  "--config.dataset.root=/data/ucf101 --checkpoint 'runs/ucf101_split{split}' "
+  "--eval_splits 1,2,3": Run(
+    "convert", replace=(("configs/ucf101.py:b16_8x224", "{tiny}:ucf101:b16_8x224:tiny_k400"),
+                        ("/data/ucf101", "{ucf101}"),
+                        # one trained split stands in for each split's run
+                        ("'runs/ucf101_split{split}'", "runs/ucf101_split1")),
+    append=("--config.model.num_classes=3",), output=('"split": 3', '"mean_top1"')),
   # -- Sharding: the launchers run the inner command on every host; here it runs once, on 4
   # simulated CPU devices (what one TPU VM worker of a v4-32 slice shows for fsdp=4).
   'gcloud compute tpus tpu-vm ssh NAME --worker=all --command "cd uniformerv2_jax && python '

@@ -70,7 +70,7 @@ def test_every_readme_command_is_covered():
   headings = [b.heading for b in rc.blocks(text) if b.lang == "python"]
   assert sorted(headings) == sorted(rc.PYTHON_BLOCKS), (
     f"README python blocks under {headings}; PYTHON_BLOCKS has {sorted(rc.PYTHON_BLOCKS)}")
-  ctx = {"ws": "WS", "tiny": "TINY", "demo": "DEMO", "k400": "K400"}
+  ctx = {"ws": "WS", "tiny": "TINY", "demo": "DEMO", "k400": "K400", "ucf101": "UCF101"}
   ci = CI_RUN.read_text()
   for command, row in rc.COMMANDS.items():
     if isinstance(row, rc.InCI):
@@ -93,9 +93,15 @@ class Context(dict):
   def __missing__(self, key: str) -> str:
     from uniformerv2_jax.data import demo_dataset
 
-    if key not in ("demo", "k400"):
+    if key not in ("demo", "k400", "ucf101"):
       raise KeyError(key)
     root = self.root / "data" / key
+    if key == "ucf101":
+      from tests.fake_archives import make_ucf101
+
+      make_ucf101(str(root))
+      self[key] = str(root)
+      return self[key]
     demo_dataset.generate(str(root), seed=1, train_per_class=2, val_per_class=1)
     if key == "k400":  # the K400 layout has a test split for --mode eval
       shutil.copy(root / "val.csv", root / "test.csv")
