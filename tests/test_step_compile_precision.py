@@ -1,4 +1,4 @@
-"""Issue 7's step checks: the jitted train / eval steps compile once over many steps (no
+"""Step checks: the jitted train / eval steps compile once over many steps (no
 recompilation, no host round-trips that change the signature), and bfloat16 training of a tiny
 model tracks float32."""
 
@@ -111,8 +111,7 @@ def test_train_and_eval_steps_compile_once(counter):
 
 def test_bfloat16_training_tracks_float32():
   """20 steps from the same initialisation on the same batches: bf16 compute (f32 params,
-  LayerNorm, softmax and loss) stays within 0.03 of the f32 loss at every step, and both
-  learn. The tolerance is ~10x the gap measured on this CPU (max 0.003 over the 20 steps)."""
+  LayerNorm, softmax and loss) tracks the f32 loss at every step, and both learn."""
   mesh = shard_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   batches = _batches(20, batch=4, seed=1)
   curves = {}
@@ -126,7 +125,11 @@ def test_bfloat16_training_tracks_float32():
     assert jax.tree.leaves(state.params)[0].dtype == np.float32  # master weights stay f32
   f32, bf16 = curves["float32"], curves["bfloat16"]
   gap = np.abs(f32 - bf16)
-  assert gap.max() <= 0.03, (gap.max(), f32, bf16)
+  # bf16 keeps 8 significant bits (eps 2^-8); the loss passes through ~40 bf16 matmuls/convs in
+  # sequence (patch conv; per layer 2 local MHRA x 3, attention 4, MLP 2; per global block
+  # ~8; head), whose relative roundings add like a random walk: sqrt(40) 2^-8 of the loss.
+  assert (gap <= np.sqrt(40) * 2.0**-8 * f32).all(), (gap / f32, f32, bf16)
+  assert gap.max() <= 0.03, (gap.max(), f32, bf16)  # the earlier bound: tighter above loss 1.2
   # Both runs learn: the mean of the last 5 losses is well below the first 5.
   for curve in (f32, bf16):
     assert curve[-5:].mean() < 0.8 * curve[:5].mean(), curve
