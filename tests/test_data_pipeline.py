@@ -115,8 +115,7 @@ def test_workers_match_in_process(videos):
   try:
     got = _take(it, 4)
   finally:
-    if hasattr(it, "close"):
-      it.close()
+    it.close()
   for x, y in zip(expected, got, strict=True):
     np.testing.assert_array_equal(x["video"], y["video"])
     np.testing.assert_array_equal(x["label"], y["label"])
