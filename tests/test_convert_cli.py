@@ -112,10 +112,10 @@ def test_config_specs():
   ns = argparse.Namespace(official_config=None, config="zoo:k400:b16_8x224")
   cfg = cli.resolve_config(ns)
   assert (cfg.width, cfg.layers, cfg.num_classes, cfg.num_frames) == (768, 12, 400, 8)
-  if (REPO / "configs" / "k400.py").is_file():  # a project config gives the same model
-    ns = argparse.Namespace(official_config=None,
-                            config=str(REPO / "configs" / "k400.py") + ":b16_8x224")
-    assert cli.resolve_config(ns) == cfg
+  # A project config gives the same model.
+  ns = argparse.Namespace(official_config=None,
+                          config=str(REPO / "configs" / "k400.py") + ":b16_8x224")
+  assert cli.resolve_config(ns) == cfg
   with pytest.raises(cli.UsageError, match="zoo:<dataset>:<arg>"):
     cli.resolve_config(argparse.Namespace(official_config=None, config="zoo:k400"))
   with pytest.raises(cli.UsageError, match="no such file"):
