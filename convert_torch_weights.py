@@ -244,7 +244,8 @@ def _report(rows: list[tuple[str, float, str]], verbose: bool, what: str) -> boo
 
 def verify_import(imp, dst: Path, verbose: bool, tol: float = 1e-5) -> bool:
   from uniformerv2_jax.checkpoint import load_checkpoint
-  from uniformerv2_jax.convert import flat_state, torch_from_flax
+  from uniformerv2_jax.convert import torch_from_flax
+  from uniformerv2_jax.trees import flat_state
 
   say("verify: reloading " + str(dst))
   reloaded = load_checkpoint(dst)

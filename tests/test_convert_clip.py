@@ -22,6 +22,7 @@ from uniformerv2_jax import convert as C
 from uniformerv2_jax import formats as F
 from uniformerv2_jax.convert import CheckpointError
 from uniformerv2_jax.model import ModelConfig
+from uniformerv2_jax.trees import flat_state
 from uniformerv2_jax.variants import config_from_official
 
 CLIP = FIXTURES / "tiny_clip"
@@ -109,7 +110,7 @@ def test_clip_initialised_model_keeps_identities_and_is_clip_on_frames(clip_pth_
   last = np.asarray(inter[f"block_{cfg.layers - 1:02d}"])[:, :, 0]  # [B, T', C]
   fused = 0.5 * last.mean(axis=1)
   np.testing.assert_allclose(inter["fused"], fused, atol=1e-5, rtol=1e-5)
-  flat = C.flat_state(model)
+  flat = flat_state(model)
   mu, var = fused.mean(-1, keepdims=True), fused.var(-1, keepdims=True)
   h = (fused - mu) / np.sqrt(var + 1e-5) * flat[("head_norm", "scale")] + flat[
     ("head_norm", "bias")]

@@ -21,6 +21,7 @@ from uniformerv2_jax import load_checkpoint
 from uniformerv2_jax.checkpoint import read_config, save_model
 from uniformerv2_jax.convert import CheckpointError
 from uniformerv2_jax.model import ModelConfig
+from uniformerv2_jax.trees import flat_state
 from uniformerv2_jax.variants import config_from_official
 
 VIDEO = ["tiny_k400", "tiny_ssv2"]
@@ -151,14 +152,14 @@ def test_frozen_emulation_exact_and_real_balance_refused(tmp_path):
   cfg = ModelConfig(**OTHER["frozen_single_lmhra"])
   sd = random_official_state_dict(cfg, seed=4)
   model = C.model_from_flax(C.flax_from_torch(sd, cfg), cfg)
-  mm = C.mmaction2_from_official(C.torch_from_flax(C.flat_state(model), cfg), cfg)
+  mm = C.mmaction2_from_official(C.torch_from_flax(flat_state(model), cfg), cfg)
   # The -1e4 balance makes the non-frozen model compute the frozen one (sigmoid is exactly 0;
   # the two compiled programs may still round the rest differently, ~1e-7).
   open_cfg = cfg.replace(frozen=False)
   unfrozen = C.model_from_flax(C.flax_from_torch(
     C.strip_prefix(C.official_from_mmaction2(mm, open_cfg)[0]), open_cfg), open_cfg)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 40, 40, 3)), jnp.float32)
-  w = jax.nn.sigmoid(C.flat_state(unfrozen)[("balance",)])
+  w = jax.nn.sigmoid(flat_state(unfrozen)[("balance",)])
   assert np.all(np.asarray(w) == 0)
   np.testing.assert_allclose(run(unfrozen, x), run(model, x), atol=1e-5, rtol=1e-5)
   mm["backbone.transformer.balance"] = mm["backbone.transformer.balance"].copy()

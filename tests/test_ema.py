@@ -17,9 +17,9 @@ from flax import nnx
 
 from tests.conftest import REPO
 from uniformerv2_jax import checkpoint as ckpt_lib
-from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.data import demo_dataset
 from uniformerv2_jax.model import create_model
+from uniformerv2_jax.trees import flat_state
 
 STEPS = 4
 DECAY = 0.75  # not 0.5: a swapped recurrence (decay on the new params) must give other numbers

@@ -19,13 +19,13 @@ from tests import reference_numpy
 from tests.conftest import FIXTURES, REPO
 from tests.util import random_official_state_dict
 from uniformerv2_jax.convert import (
-  flat_state,
   flax_from_torch,
   model_from_flax,
   read_checkpoint,
   strip_prefix,
 )
 from uniformerv2_jax.model import ModelConfig
+from uniformerv2_jax.trees import flat_state
 
 VIDEO_FIXTURES = ["tiny_k400", "tiny_ssv2"]
 

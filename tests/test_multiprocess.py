@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import REPO
 from uniformerv2_jax.checkpoint import load_checkpoint
-from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.data import demo_dataset
 from uniformerv2_jax.data.pipeline import make_train_dataset
 from uniformerv2_jax.data.sources import VideoListSource
+from uniformerv2_jax.trees import flat_state
 
 
 def _free_port() -> int:

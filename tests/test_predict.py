@@ -21,9 +21,9 @@ from PIL import Image
 from configs import common
 from tests.conftest import FIXTURES, sampling_fixture
 from uniformerv2_jax import checkpoint, load_official, predict
-from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.data.demo_dataset import write_mp4
 from uniformerv2_jax.model import create_model
+from uniformerv2_jax.trees import flat_state
 
 # name: (height, width, frames, fps)
 VIDEOS = {"a.mp4": (96, 128, 40, 30), "b.mp4": (150, 200, 5, 10), "c.mp4": (128, 96, 17, 10)}

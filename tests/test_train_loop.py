@@ -17,8 +17,8 @@ import pytest
 
 from tests.conftest import REPO
 from uniformerv2_jax.checkpoint import checkpoint_steps, load_checkpoint
-from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.data import demo_dataset
+from uniformerv2_jax.trees import flat_state
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from uniformerv2_jax.model import ModelConfig, UniFormerV2, create_model
+from uniformerv2_jax.trees import flat_state
 from uniformerv2_jax.variants import config_from_official
 
 PREFIX = "backbone."
@@ -184,13 +185,6 @@ def entries(cfg: ModelConfig) -> Iterator[Entry]:
 
 
 # ----------------------------------------------------------------------------- model state I/O
-def flat_state(model: nnx.Module, *filters) -> dict[tuple[str, ...], Any]:
-  """{path: array} for the model's variables (Params and BatchStats unless filtered)."""
-  state = nnx.state(model, filters or (nnx.Param, nnx.BatchStat))
-  return {tuple(str(k) for k in path): v.get_value() if hasattr(v, "get_value") else v.value
-          for path, v in nnx.to_flat_state(state)}
-
-
 def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Official key -> (shape, dtype) for this config, derived from the table (no memory)."""
   abstract = nnx.eval_shape(lambda: create_model(cfg))
@@ -424,24 +418,6 @@ def load_official(path: str | Path, official_config: Mapping[str, Any] | str | P
   sd = strip_prefix(read_checkpoint(path))
   flat = flax_from_torch(sd, cfg, source=str(path))
   return model_from_flax(flat, cfg)
-
-
-def weight_decay_mask(model_or_state, cfg: ModelConfig | None = None):
-  """The official rule as a pytree of bools over Params: decay iff the torch tensor has >= 2
-  dims (conv/linear weights, positional_embedding, temporal_cls_token); never BatchNorm.
-
-  Stacked collections carry one extra leading axis, which is not counted.
-  """
-  state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) \
-    else model_or_state
-
-  def rule(path, leaf):
-    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-    keys = [str(k) for k in keys]
-    ndim = len(np.shape(leaf)) - (1 if keys[0] in ("resblocks", "dpe", "dec") else 0)
-    return ndim >= 2 and "bn" not in keys
-
-  return jax.tree_util.tree_map_with_path(rule, state)
 
 
 # ============================================================================= foreign layouts

@@ -43,6 +43,7 @@ import numpy as np
 from uniformerv2_jax import convert as C
 from uniformerv2_jax.convert import PREFIX, CheckpointError
 from uniformerv2_jax.model import ACTIVATIONS, ModelConfig
+from uniformerv2_jax.trees import flat_state
 
 log = logging.getLogger(__name__)
 
@@ -854,7 +855,7 @@ def import_model(path: str | Path, cfg: ModelConfig | None = None, fmt: str | No
 
 def official_state(model) -> OrderedDict[str, np.ndarray]:
   """The official flat state dict (``backbone.*``, official order, NumPy) of a model."""
-  return C.torch_from_flax(C.flat_state(model), model.cfg)
+  return C.torch_from_flax(flat_state(model), model.cfg)
 
 
 def export_state(model, fmt: str = "official") -> OrderedDict[str, np.ndarray]:

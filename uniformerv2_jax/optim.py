@@ -18,12 +18,30 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-
-from uniformerv2_jax.convert import weight_decay_mask
+from flax import nnx
 
 # Parameters the official FROZEN recipes exclude from training (name substrings, official code).
 FROZEN_PATTERNS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "resblocks")
+
+
+def weight_decay_mask(model_or_state: nnx.Module | nnx.State) -> Any:
+  """The official rule as a pytree of bools over Params: decay iff the torch tensor has >= 2
+  dims (conv/linear weights, positional_embedding, temporal_cls_token); never BatchNorm.
+
+  Stacked collections carry one extra leading axis, which is not counted.
+  """
+  state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) \
+    else model_or_state
+
+  def rule(path, leaf):
+    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    keys = [str(k) for k in keys]
+    ndim = len(np.shape(leaf)) - (1 if keys[0] in ("resblocks", "dpe", "dec") else 0)
+    return ndim >= 2 and "bn" not in keys
+
+  return jax.tree_util.tree_map_with_path(rule, state)
 
 
 @dataclasses.dataclass(frozen=True)

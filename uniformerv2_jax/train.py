@@ -24,7 +24,6 @@ from uniformerv2_jax import data as data_lib
 from uniformerv2_jax import evaluate as eval_lib
 from uniformerv2_jax import labels as labels_lib
 from uniformerv2_jax import sharding as shard_lib
-from uniformerv2_jax.convert import flat_state
 from uniformerv2_jax.metrics_writer import MetricsWriter
 from uniformerv2_jax.model import ModelConfig, create_model
 from uniformerv2_jax.optim import OptimConfig, lr_schedule, make_optimizer
@@ -34,6 +33,7 @@ from uniformerv2_jax.steps import (
   make_eval_step,
   make_train_step,
 )
+from uniformerv2_jax.trees import flat_state
 
 
 # ----------------------------------------------------------------------------- config helpers
