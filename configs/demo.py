@@ -3,10 +3,11 @@ temporal reasoning); minutes on a laptop CPU.
 
   python main.py --config configs/demo.py --workdir demo_run
 
-Measured (2-core CPU, quiet, float32, JAX CPU): the default run, dataset generation included,
-takes 5m29s wall clock (~0.19 s/step at batch 16, ~25 s compile) and reaches 94% validation
-top-1 (37/79/92/93/94% at steps 300/600/900/1200/1500). Under heavy load (a shared machine,
-load average 10-12) the same recipe ran at ~0.35 s/step and reached 89-92%.
+Measured (float32, JAX CPU): from a fresh clone on a quiet 2-core AMD EPYC host (2026-12-02)
+the default run, dataset generation included, takes 4 min 48 s wall clock and reaches 94%
+validation top-1. On a slower 2-core host (2026-11-24): 5 min 29 s (~0.19 s/step at batch 16,
+~25 s compile; 37/79/92/93/94% at steps 300/600/900/1200/1500); under heavy load there (load
+average 10-12) ~0.35 s/step and 89-92%.
 
 What makes it learn in minutes (the earlier 64x64 / patch 8 / width 96 / RandAugment recipe
 stayed at chance for 180 steps at 1-3 s/step):
