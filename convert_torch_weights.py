@@ -44,7 +44,6 @@ Exit status: 0 on success, 1 when --verify fails, 2 for unusable input (message 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import re
 import shutil
@@ -109,6 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- configs
 def resolve_config(args):
   """The ModelConfig named by --official-config / --config, or None."""
+  from uniformerv2_jax.config_files import load_config_file, split_config_spec
   from uniformerv2_jax.model import ModelConfig
   from uniformerv2_jax.variants import config_from_official
 
@@ -132,18 +132,11 @@ def resolve_config(args):
       return cfg
     except (KeyError, ValueError) as e:
       raise UsageError(f"--config {spec}: {e}") from None
-  file, _, arg = spec.partition(":")
-  path = Path(file)
+  path, arg = split_config_spec(spec)
   if not path.is_file():
     raise UsageError(f"--config {spec}: no such file {path} (expected configs/<file>.py:<arg> "
                      "or zoo:<dataset>:<arg>)")
-  for extra in (str(path.resolve().parent.parent), str(path.resolve().parent)):
-    if extra not in sys.path:
-      sys.path.insert(0, extra)
-  module_spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  config = load_config_file(spec)
   zoo_cfg = config.get("zoo") if isinstance(config, Mapping) else getattr(config, "zoo", None)
   if zoo_cfg is not None and getattr(zoo_cfg, "name", None):
     args.zoo_name = zoo_cfg.name

@@ -199,20 +199,9 @@ def load_config(spec: Any) -> dict[str, Any] | None:
   if isinstance(spec, Mapping):
     return json.loads(json.dumps(spec))  # a deep copy of plain data
   if isinstance(spec, (str, os.PathLike)):
-    import importlib.util
+    from uniformerv2_jax.config_files import load_config_file
 
-    text = os.fspath(spec)
-    path, _, arg = text.partition(":") if not os.path.exists(text) else (text, "", "")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"config file {path} not found")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if repo not in sys.path:  # configs/*.py import `configs.common`
-      sys.path.insert(0, repo)
-    mod_spec = importlib.util.spec_from_file_location("_predict_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-    return cfg.to_dict()
+    return load_config_file(spec).to_dict()
   raise TypeError(f"config must be a ConfigDict, dict or path, got {type(spec).__name__}")
 
 
