@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import speed_common as sc  # noqa: E402
 
-from uniformerv2_jax import host_memory  # noqa: E402
+from uniformerv2_jax import host_memory, ops  # noqa: E402
 from uniformerv2_jax import model as M  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def parts(cfg, batch, dtype, which):
 
     def model_form(q, k, v):  # the model's: heads-first operands, hand-written VJP
       q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-      return M.attention_heads_first(q, k, v).transpose(0, 2, 1, 3)
+      return ops.attention_heads_first(q, k, v).transpose(0, 2, 1, 3)
 
     for name, f in (("dpa", jax.nn.dot_product_attention), ("einsum", einsum_attn),
                     ("heads_first", heads_first), ("heads_first_vjp", model_form)):

@@ -297,7 +297,7 @@ def _x64_vjps(fn, ref, shapes, seed=0):
 def test_hand_written_attention_vjp_matches_autodiff():
   """``attention_heads_first``'s custom VJP against autodiff of the textbook formula (float64,
   to round-off), and its half-precision path stays close to it."""
-  from uniformerv2_jax.model import attention_heads_first
+  from uniformerv2_jax.ops import attention_heads_first
 
   def ref(q, k, v):
     s = jnp.einsum("nhqd,nhkd->nhqk", q, k) / np.sqrt(q.shape[-1])
@@ -326,6 +326,7 @@ def test_attention_projection_forms_agree(monkeypatch):
   (head-structured einsums) compute the same function: outputs and gradients w.r.t. the input
   and every parameter agree to float64 round-off."""
   from uniformerv2_jax import model as m
+  from uniformerv2_jax import ops
 
   with jax.enable_x64(True):
     attn = m.MultiHeadAttention(8, 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
@@ -337,7 +338,7 @@ def test_attention_projection_forms_agree(monkeypatch):
     ct = jnp.asarray(rng.standard_normal((3, 5, 8)))
 
     def run(flat):
-      monkeypatch.setattr(m, "use_flat_projections", lambda: flat)
+      monkeypatch.setattr(ops, "use_flat_projections", lambda: flat)
 
       def f(p, x):
         return nnx.merge(graphdef, p).self_attention(x, jnp.float64)
@@ -354,7 +355,7 @@ def test_attention_projection_forms_agree(monkeypatch):
 def test_target_platform_selects_the_backend_forms():
   """AOT compilation for another platform (the TPU memory plan on a CPU host) traces that
   platform's forms; outside the context the local backend decides."""
-  from uniformerv2_jax import model as m
+  from uniformerv2_jax import ops as m
 
   assert m.use_flat_projections() == (jax.default_backend() == "cpu")
   with m.target_platform("tpu"):
@@ -372,8 +373,9 @@ def test_dpe_shifted_sums_match_grouped_convolution(monkeypatch, custom_vjp):
   output, same input and kernel gradients, with the hand-written VJP (CPU) and with autodiff
   (accelerators)."""
   from uniformerv2_jax import model as m
+  from uniformerv2_jax import ops
 
-  monkeypatch.setattr(m, "use_dpe_vjp", lambda: custom_vjp)
+  monkeypatch.setattr(ops, "use_dpe_vjp", lambda: custom_vjp)
 
   def dpe(x, k):
     module = m.DepthwiseConv3d(3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
@@ -393,7 +395,7 @@ def test_dpe_shifted_sums_match_grouped_convolution(monkeypatch, custom_vjp):
   rng = np.random.default_rng(1)
   x, k, ct = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
               for s in [(1, 3, 4, 4, 8), (3, 3, 3, 8), (1, 3, 4, 4, 8)])
-  grads_bf16 = jax.vjp(m.depthwise_conv3x3x3, x, k)[1](ct)
+  grads_bf16 = jax.vjp(ops.depthwise_conv3x3x3, x, k)[1](ct)
   f32 = [a.astype(jnp.float32) for a in (x, k, ct)]
   grads_f32 = jax.vjp(ref, f32[0], f32[1])[1](f32[2])
   for g, g_f32 in zip(grads_bf16, grads_f32, strict=True):
@@ -402,7 +404,7 @@ def test_dpe_shifted_sums_match_grouped_convolution(monkeypatch, custom_vjp):
 
 
 def test_dpe_vjp_follows_the_platform():
-  from uniformerv2_jax import model as m
+  from uniformerv2_jax import ops as m
 
   assert m.use_dpe_vjp() == (jax.default_backend() == "cpu")
   with m.target_platform("tpu"):

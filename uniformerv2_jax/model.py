@@ -14,8 +14,6 @@ parameters. The global branch reads the RETURN_LIST features afterwards; it neve
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
@@ -27,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from uniformerv2_jax import ops
 from uniformerv2_jax.activation_sharding import constrain_batch
 
 # Collections whose parameters carry a leading stacked-layer axis.
@@ -197,9 +196,8 @@ def _zeros(shape, dtype) -> nnx.Param:
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
   """LayerNorm computed in (at least) float32 and cast back, like CLIP's fp16-safe LayerNorm."""
   ct = jnp.promote_types(x.dtype, jnp.float32)
-  # Rows flattened to 2-D: XLA:CPU's YNNPACK reductions over the last axis of a tensor with a
-  # leading 1 (batch 1: [1, T, L, C]) ran ~20x slower than over [T*L, C] (the backward's
-  # row sums; benchmarks/RESULTS.md, session 13).
+  # Rows flattened to 2-D: XLA:CPU's reductions over the last axis of a tensor with a leading 1
+  # (batch 1: [1, T, L, C]) were far slower than over [T*L, C] (benchmarks/RESULTS.md).
   xf = x.reshape(-1, x.shape[-1]).astype(ct)
   mean = xf.mean(-1, keepdims=True)
   var = jnp.square(xf - mean).mean(-1, keepdims=True)
@@ -244,86 +242,6 @@ def dropout(x: jax.Array, rate, key) -> jax.Array:
   mask = jax.random.bernoulli(key, keep, x.shape)
   scaled = jnp.where(mask, 1.0 / jnp.maximum(keep, 1e-12), 0.0).astype(x.dtype)
   return jnp.where(keep < 1.0, x * scaled, x)
-
-
-def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Scaled ``Q K^T`` per frame and head in >= float32: ``[N, H, Lq, D] x [N, H, Lk, D]``."""
-  acc = jnp.promote_types(q.dtype, jnp.float32)
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  return jnp.einsum("nhqd,nhkd->nhqk", q, k, preferred_element_type=acc) * scale
-
-
-def _attention_fwd_core(q, k, v):
-  p = jax.nn.softmax(_scores(q, k), axis=-1).astype(q.dtype)
-  return jnp.einsum("nhqk,nhkd->nhqd", p, v), p
-
-
-@jax.custom_vjp
-def attention_heads_first(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Softmax attention over ``[N, H, L, Dh]`` (heads before tokens), with a hand-written VJP.
-
-  Every product is then a dot with leading batch dims, and the backward keeps only the
-  probabilities (in the compute dtype; softmax and its gradient run in >= float32) and the
-  output: ``dS = P * (dP - rowsum(dO * O))``. On XLA:CPU this together with the heads-first
-  projections in :meth:`MultiHeadAttention.self_attention` made the B/16 train step 5-11 %
-  faster than ``jax.nn.dot_product_attention`` on ``[N, L, H, Dh]`` (benchmarks/RESULTS.md).
-  """
-  return _attention_fwd_core(q, k, v)[0]
-
-
-def _attention_fwd(q, k, v):
-  o, p = _attention_fwd_core(q, k, v)
-  return o, (q, k, v, o, p)
-
-
-def _attention_bwd(res, do):
-  q, k, v, o, p = res
-  acc = jnp.promote_types(q.dtype, jnp.float32)
-  dv = jnp.einsum("nhqk,nhqd->nhkd", p, do)
-  dp = jnp.einsum("nhqd,nhkd->nhqk", do, v, preferred_element_type=acc)
-  delta = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1, keepdims=True)
-  ds = (p.astype(acc) * (dp - delta) * (1.0 / math.sqrt(q.shape[-1]))).astype(q.dtype)
-  dq = jnp.einsum("nhqk,nhkd->nhqd", ds, k)
-  dk = jnp.einsum("nhqk,nhqd->nhkd", ds, q)
-  return dq, dk, dv
-
-
-attention_heads_first.defvjp(_attention_fwd, _attention_bwd)
-
-
-_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-  "uniformerv2_target_platform", default=None)
-
-
-@contextlib.contextmanager
-def target_platform(platform: str):
-  """Trace the model's backend-specific forms for ``platform`` ("cpu", "gpu", "tpu") instead
-  of the default backend: for ahead-of-time compilation for other devices (the memory plan
-  for a TPU topology, compiled on a CPU host)."""
-  token = _TARGET_PLATFORM.set(platform)
-  try:
-    yield
-  finally:
-    _TARGET_PLATFORM.reset(token)
-
-
-def _platform() -> str:
-  return _TARGET_PLATFORM.get() or jax.default_backend()
-
-
-def use_cudnn_attention(dtype) -> bool:
-  """cuDNN's fused (flash) attention: GPU only, half precision only."""
-  return _platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-
-
-def use_flat_projections() -> bool:
-  """Attention projections as flat matmuls (CPU; see MultiHeadAttention.self_attention)."""
-  return _platform() == "cpu"
-
-
-def use_dpe_vjp() -> bool:
-  """The DPE with its hand-written VJP (CPU; see depthwise_conv3x3x3)."""
-  return _platform() == "cpu"
 
 
 def _split(key, n):
@@ -384,35 +302,10 @@ class MultiHeadAttention(nnx.Module):
     return b * jnp.asarray([1, 0, 1], dtype)[:, None, None]
 
   def self_attention(self, x, dtype):
-    """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]``.
-
-    Three forms of the same math, by backend: cuDNN's fused kernel (GPU, half precision) takes
-    tokens before heads; elsewhere the heads go before the tokens (:func:`attention_heads_first`).
-    On CPU the projections are plain ``[N*L, C] x [C, 3C]`` / ``[C, C]`` matmuls: the
-    head-structured einsums made XLA:CPU transpose weights and gradients around the backward's
-    dots (~5 % of the B/16 train step; benchmarks/RESULTS.md, session 13). On accelerators the
-    einsums keep the heads axis, so a tensor-parallel mesh keeps the weights split by head
-    (flattening ``[C, 3, H, Dh]`` would merge the split axis into a replicated one).
-    """
-    w = self.in_proj_kernel[...].astype(dtype)
-    w_out = self.out_proj_kernel[...].astype(dtype)
-    bias = self.qkv_bias(dtype)
-    x = x.astype(dtype)
-    if use_cudnn_attention(dtype):
-      qkv = checkpoint_name(jnp.einsum("nlc,cshd->snlhd", x, w) + bias[:, None, None], "qkv")
-      out = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation="cudnn")
-      return jnp.einsum("nlhd,hdc->nlc", out, w_out) + self.out_proj_bias[...].astype(dtype)
-    if use_flat_projections():
-      n, l, c = x.shape
-      _, _, h, dh = w.shape
-      qkv = x.reshape(n * l, c) @ w.reshape(c, 3 * c) + bias.reshape(3 * c)
-      qkv = checkpoint_name(qkv, "qkv").reshape(n, l, 3, h, dh).transpose(2, 0, 3, 1, 4)
-      out = attention_heads_first(qkv[0], qkv[1], qkv[2])  # [N, H, L, Dh]
-      y = (out.transpose(0, 2, 1, 3).reshape(n * l, c) @ w_out.reshape(c, c)).reshape(n, l, c)
-    else:
-      qkv = checkpoint_name(jnp.einsum("nlc,cshd->snhld", x, w) + bias[:, None, :, None], "qkv")
-      out = attention_heads_first(qkv[0], qkv[1], qkv[2])
-      y = jnp.einsum("nhld,hdc->nlc", out, w_out)
+    """Per-frame attention over the L tokens. ``x [N, L, C]`` -> ``[N, L, C]`` (the kernel
+    form follows the backend: :func:`uniformerv2_jax.ops.attention`)."""
+    y = ops.attention(x.astype(dtype), self.in_proj_kernel[...].astype(dtype), self.qkv_bias(dtype),
+                      self.out_proj_kernel[...].astype(dtype))
     return y + self.out_proj_bias[...].astype(dtype)
 
   def query_attention(self, q, y, dtype):
@@ -558,67 +451,11 @@ class ResidualBlock(nnx.Module):
     return x
 
 
-def _shifted_sums(x: jax.Array, k: jax.Array) -> jax.Array:
-  """``sum_{a,b,c} pad(x)[:, t+a, h+b, w+c] * k[a, b, c]``: a depthwise 3x3x3 correlation with
-  zero padding 1. ``x [B, T, H, W, C]``, ``k [3, 3, 3, C]``."""
-  t, h, w = x.shape[1:4]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-  return sum(xp[:, a : a + t, b : b + h, c : c + w] * k[a, b, c]
-             for a in range(3) for b in range(3) for c in range(3))
-
-
-def _depthwise_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
-  """``dk[a, b, c] = sum over B, T, H, W of pad(x)[:, t+a, h+b, w+c] * dy`` (``[3, 3, 3, C]``),
-  accumulated in >= float32 one output frame at a time: that frame's 3 padded input frames
-  and its gradient stay in cache for all 27 products (27 whole-clip reductions re-read both
-  tensors from memory each time: ~3x slower on CPU)."""
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  _, t, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-
-  def frame(total, f):
-    slab = jax.lax.dynamic_slice_in_dim(xp, f, 3, axis=1)
-    d = jax.lax.dynamic_index_in_dim(dy, f, axis=1, keepdims=False)
-    sums = [(slab[:, dt, dh : dh + h, dw : dw + w] * d).sum((0, 1, 2), dtype=acc)
-            for dt in range(3) for dh in range(3) for dw in range(3)]
-    return total + jnp.stack(sums), None
-
-  dk, _ = jax.lax.scan(frame, jnp.zeros((27, c), acc), jnp.arange(t))
-  return dk.reshape(3, 3, 3, c).astype(x.dtype)
-
-
-@jax.custom_vjp
-def depthwise_conv3x3x3(x: jax.Array, k: jax.Array) -> jax.Array:
-  """:func:`_shifted_sums` with a hand-written VJP that keeps only ``x`` for the backward.
-
-  On XLA:CPU, autodiff of the 27 shifted products keeps each shifted copy of the input for the
-  kernel gradient: 27 copies of every global block's input (B/16 batch 1: 0.43 of the train
-  step's 1.57 GiB of temporaries; L/14@336 64f f32: ~10 GiB). Here the input gradient is the
-  same correlation of ``dy`` with the flipped kernel and the kernel gradient is recomputed
-  from ``x`` (:func:`_depthwise_kernel_grad`).
-  """
-  return _shifted_sums(x, k)
-
-
-def _depthwise_fwd(x, k):
-  return _shifted_sums(x, k), (x, k)
-
-
-def _depthwise_bwd(res, dy):
-  x, k = res
-  return _shifted_sums(dy, k[::-1, ::-1, ::-1]), _depthwise_kernel_grad(x, dy)
-
-
-depthwise_conv3x3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
 class DepthwiseConv3d(nnx.Module):
   """DPE: depthwise 3x3x3 conv (zero padding 1), kernel ``[3, 3, 3, 1, C]`` (DHWIO).
 
-  Computed as 27 shifted multiply-adds, which XLA fuses into one loop (a grouped
-  ``conv_general_dilated`` costs ~12x more in its backward pass on CPU). On CPU with a
-  hand-written VJP (:func:`depthwise_conv3x3x3`). Accelerators keep plain autodiff: the TPU
-  compiler's AOT plans at 1 clip per chip were equal or smaller with it (GPU unmeasured).
+  The convolution itself is :func:`uniformerv2_jax.ops.depthwise_conv3d` (its form follows the
+  backend).
   """
 
   def __init__(self, dim, *, rngs, param_dtype):
@@ -628,8 +465,7 @@ class DepthwiseConv3d(nnx.Module):
   def __call__(self, x, dtype):
     """``x [B, T', g, g, C]``."""
     k = self.kernel[...].astype(dtype)[:, :, :, 0]
-    conv = depthwise_conv3x3x3 if use_dpe_vjp() else _shifted_sums
-    return conv(x.astype(dtype), k) + self.bias[...].astype(dtype)
+    return ops.depthwise_conv3d(x.astype(dtype), k) + self.bias[...].astype(dtype)
 
 
 class Extractor(nnx.Module):
@@ -697,10 +533,9 @@ def _stacked(n: int, make, rngs: nnx.Rngs):
 def _remat(fn, policy: str):
   """Rematerialisation of one backbone layer. ``qkv_mlp`` saves only the q/k/v projection, the
   MLP's hidden pre-activation and the residual stream between branches (everything else is
-  recomputed): on XLA:CPU it beat ``dots`` in 2 of 3 same-run B/16 comparisons (~8 %; one noisy
-  run had it 7 % slower) with 1.57 vs 1.80 GiB temporaries: ``dots`` saves every dot output,
-  each a stacked write, a read and a zero-initialised buffer per step (benchmarks/RESULTS.md,
-  session 13)."""
+  recomputed). ``dots`` saves every dot output, each a stacked write, a read and a
+  zero-initialised buffer per step; on XLA:CPU ``qkv_mlp`` needs less temporary memory and was
+  usually faster (benchmarks/RESULTS.md)."""
   if policy == "none":
     return fn
   policies = {
@@ -810,7 +645,7 @@ class UniFormerV2(nnx.Module):
     # Scanning the layers before the first RETURN_LIST layer separately would save stacking
     # their outputs, but the backward then assembles every stacked weight's gradient from two
     # padded halves: on XLA:CPU that cost more time and more temporary memory than the outputs
-    # (B/16 train-step temporaries 1.81 vs 2.07 GiB; benchmarks/RESULTS.md, session 13).
+    # (benchmarks/RESULTS.md).
     return _apply_stacked(self.resblocks, body, (rates, keys), x, scan=cfg.scan_layers,
                           remat=cfg.remat_policy, emit=True)
 
@@ -836,7 +671,7 @@ class UniFormerV2(nnx.Module):
       return q, q
 
     # A Python loop even when the backbone is scanned: only a few blocks, and XLA:CPU runs
-    # this scan body ~2x slower than the unrolled blocks (measured, benchmarks/RESULTS.md).
+    # this scan body slower than the unrolled blocks (benchmarks/RESULTS.md).
     q, tokens = _apply_stacked(self.dec, body, (features, dpe_state, rates, mlp_drop, keys), q0,
                                scan=False, remat="none", emit=True)
     return q, tokens

@@ -53,7 +53,8 @@ import numpy as np
 from uniformerv2_jax import flops as flops_lib
 from uniformerv2_jax import sharding as shard_lib
 from uniformerv2_jax import train as train_lib
-from uniformerv2_jax.model import abstract_model, count_params, target_platform
+from uniformerv2_jax.model import abstract_model, count_params
+from uniformerv2_jax.ops import target_platform
 from uniformerv2_jax.optim import OptimConfig, make_optimizer
 from uniformerv2_jax.steps import TrainState, split_model
 
