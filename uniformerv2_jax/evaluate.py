@@ -21,16 +21,23 @@ from jax.experimental import multihost_utils
 
 
 class ViewAccumulator:
-  """Sums per-view probabilities into per-video scores (each (video, view) counted once)."""
+  """Sums per-view probabilities into per-video scores (each (video, view) counted once), and
+  any other per-view arrays named in ``extra_shapes`` (features) alike; eval, predict and
+  extract all aggregate their views here."""
 
-  def __init__(self, num_videos: int, num_classes: int, views: int):
+  def __init__(self, num_videos: int, num_classes: int, views: int,
+               extra_shapes: Mapping[str, tuple[int, ...]] | None = None):
     self.scores = np.zeros((num_videos, num_classes), np.float64)
     self.seen = np.zeros((num_videos, views), bool)
     self.labels = np.full((num_videos,), -1, np.int64)
+    self.extra = {k: np.zeros((num_videos, *shape), np.float64)
+                  for k, shape in (extra_shapes or {}).items()}
 
   def add(self, probs: np.ndarray, video_index: np.ndarray, view_index: np.ndarray,
-          valid: np.ndarray, labels: np.ndarray) -> None:
-    for p, v, w, ok, y in zip(probs, video_index, view_index, valid, labels, strict=True):
+          valid: np.ndarray, labels: np.ndarray,
+          extra: Mapping[str, np.ndarray] | None = None) -> None:
+    for row, (p, v, w, ok, y) in enumerate(
+        zip(probs, video_index, view_index, valid, labels, strict=True)):
       if v < 0 or v >= len(self.scores):
         continue  # padding beyond the last video
       if not ok:
@@ -39,7 +46,22 @@ class ViewAccumulator:
         continue  # a view delivered twice (padding) counts once
       self.seen[v, w] = True
       self.scores[v] += p
+      for k, total in self.extra.items():
+        total[v] += extra[k][row]
       self.labels[v] = y
+
+  def means(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-video averages over the counted views: probabilities (they sum to 1, the official
+    ``TEST.ADD_SOFTMAX`` sum normalised) and each extra array; NaN rows for videos with no
+    counted view."""
+    counts = self.seen.sum(1)
+
+    def mean(total: np.ndarray) -> np.ndarray:
+      shape = (-1,) + (1,) * (total.ndim - 1)
+      denom = np.maximum(counts, 1).reshape(shape)
+      return np.where((counts > 0).reshape(shape), total / denom, np.nan)
+
+    return mean(self.scores), {k: mean(v) for k, v in self.extra.items()}
 
   def summary(self) -> dict[str, Any]:
     counted = self.seen.any(1)

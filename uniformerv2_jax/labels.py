@@ -7,6 +7,17 @@ from pathlib import Path
 
 MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
 
+# The label map shipped for each model-zoo dataset ("" = none shipped: no list could be checked
+# against the released heads). Configs take ``dataset.labels`` from here, and prediction from a
+# converted zoo checkpoint without a config names its classes with it.
+DATASET_LABELS = {"k400": "kinetics400", "k600": "kinetics600", "k700": "kinetics700",
+                  "k710": "kinetics710", "mit": "mit", "sthv1": "", "sthv2": "sthv2",
+                  "anet": "", "hacs": ""}
+# A converted checkpoint without any dataset information: the class count is a strong hint
+# (174 is SSv1 or SSv2 and 200 ActivityNet or HACS: no guess there).
+LABELS_BY_CLASS_COUNT = {400: "kinetics400", 600: "kinetics600", 700: "kinetics700",
+                         710: "kinetics710", 339: "mit"}
+
 
 def available() -> list[str]:
   return sorted(p.stem for p in MAPS_DIR.glob("*.txt")) if MAPS_DIR.is_dir() else []

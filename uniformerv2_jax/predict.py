@@ -30,9 +30,8 @@ import functools
 import json
 import math
 import os
-import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,18 +41,23 @@ import numpy as np
 from flax import nnx
 
 from uniformerv2_jax import labels as labels_lib
-from uniformerv2_jax.data import splits
-from uniformerv2_jax.data.pipeline import ReaderConfig, SamplingConfig
-from uniformerv2_jax.data.sources import read_clip
-from uniformerv2_jax.data.transforms import EvalConfig, eval_view
+from uniformerv2_jax.data.pipeline import (
+  ReaderConfig,
+  SamplingConfig,
+  read_test_clips,
+  test_view,
+)
+from uniformerv2_jax.data.sources import (  # noqa: F401 (find_videos, frame_files: public here too)
+  find_videos,
+  frame_files,
+  video_record,
+)
+from uniformerv2_jax.data.transforms import EvalConfig
+from uniformerv2_jax.evaluate import ViewAccumulator
+from uniformerv2_jax.labels import DATASET_LABELS as ZOO_LABELS
+from uniformerv2_jax.labels import LABELS_BY_CLASS_COUNT
 from uniformerv2_jax.model import ModelConfig, UniFormerV2
 
-VIDEO_EXTENSIONS = frozenset({
-  ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
-  ".ogv", ".ts", ".mts", ".gif",
-})
-LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ADAPT_MODES = ("resize", "pos_embed")
 
 # Fields that fix the parameter shapes (or the meaning of the head): a config whose model differs
@@ -61,14 +65,6 @@ ADAPT_MODES = ("resize", "pos_embed")
 ARCH_FIELDS = ("num_classes", "patch_size", "width", "layers", "heads", "temporal_kernel",
                "temporal_downsample", "no_lmhra", "double_lmhra", "dw_reduction", "return_list",
                "n_layers", "n_dim", "n_head", "mlp_factor", "frozen")
-
-# Label maps shipped with the package, by zoo dataset (configs/common.py DATASETS agrees).
-ZOO_LABELS = {"k400": "kinetics400", "k600": "kinetics600", "k700": "kinetics700",
-              "k710": "kinetics710", "mit": "mit", "sthv2": "sthv2"}
-# A converted checkpoint without any dataset information: the class count is a strong hint
-# (174 is SSv1 or SSv2 and 200 ActivityNet or HACS: no guess there).
-LABELS_BY_CLASS_COUNT = {400: "kinetics400", 600: "kinetics600", 700: "kinetics700",
-                         710: "kinetics710", 339: "mit"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -78,115 +74,6 @@ class CheckpointMismatchError(ValueError):
 def notice(message: str) -> None:
   """A one-line notice on stderr (shown under absl and pytest alike)."""
   print(f"note: {message}", file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- inputs
-def _is_list_file(path: str) -> bool:
-  return os.path.splitext(path)[1].lower() in LIST_EXTENSIONS
-
-
-def _label_free_paths(line: str) -> list[str]:
-  """The paths a list line may name once its trailing labels are dropped, likeliest first:
-  minus ``num_frames label`` (Something-Something ``folder num_frames label`` lines), minus a
-  ``label`` (official ``path,label`` / ``path label`` lines)."""
-  out = []
-  for sep in (",", None):
-    parts = line.rsplit(sep, 2)
-    ints = 0
-    while ints < len(parts) - 1 and parts[len(parts) - 1 - ints].strip().lstrip("-").isdigit():
-      ints += 1
-    for drop in range(ints, 0, -1):
-      head = (sep or " ").join(parts[: len(parts) - drop]).strip()
-      if head:
-        out.append(head)
-  return list(dict.fromkeys(out))
-
-
-def _natural_key(name: str) -> list[Any]:
-  # Digit runs compare as numbers (img_2 < img_10); re.split keeps str/int positions aligned.
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def frame_files(folder: str) -> list[str]:
-  """The image files directly in ``folder``, in natural order (the frames of a frame folder)."""
-  names = [f for f in os.listdir(folder)
-           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-           and os.path.isfile(os.path.join(folder, f))]
-  return [os.path.join(folder, f) for f in sorted(names, key=_natural_key)]
-
-
-def _scan_folder(path: str) -> list[str]:
-  """Video files and frame folders under ``path`` (recursively), sorted. A directory with
-  image files and no video files is one frame-folder video; its subdirectories are still
-  searched (a nested layout stays usable)."""
-  found = []
-  for d, _, files in os.walk(path):
-    exts = {os.path.splitext(f)[1].lower() for f in files}
-    videos = [os.path.join(d, f) for f in files
-              if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
-    found.extend(videos)
-    if not videos and exts & IMAGE_EXTENSIONS:
-      found.append(d)
-  return sorted(found)
-
-
-def _resolve(path: str, bases: Sequence[str]) -> str:
-  if os.path.isabs(path):
-    return path
-  for base in bases:
-    cand = os.path.join(base, path)
-    if os.path.exists(cand):
-      return cand
-  return os.path.join(bases[0], path) if bases else path
-
-
-def _resolve_line(line: str, bases: Sequence[str]) -> str:
-  """A list line's video: the first reading of it (as written, then without labels) that
-  exists, as given or against ``bases``; a missing video keeps the label-free reading (it is
-  reported per video later)."""
-  readings = list(dict.fromkeys([line, *_label_free_paths(line)]))
-  for r in readings:
-    if os.path.exists(r) or (not os.path.isabs(r)
-                             and any(os.path.exists(os.path.join(b, r)) for b in bases)):
-      return _resolve(r, bases)
-  return _resolve(readings[1] if len(readings) > 1 else line, bases)
-
-
-def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                root: str = "") -> list[str]:
-  """The videos of ``inputs``: a video file; a frame folder (image files, no videos: one
-  video); a folder (its video files and frame folders, recursively, sorted); a list file
-  (``.txt``/``.csv``/``.lst``: official ``path,label`` lines, Something-Something
-  ``folder num_frames label`` lines, or bare paths; relative paths against ``root``, the
-  list's folder, then the working directory; an official UCF-101 / HMDB-51 split file is
-  read as training reads it); or a sequence of any of these. A missing video
-  named by a list is kept (reported per video later).
-  """
-  if isinstance(inputs, (list, tuple)):
-    return [p for item in inputs for p in find_videos(item, root)]
-  path = os.fspath(inputs)
-  if os.path.isdir(path):
-    found = _scan_folder(path)
-    if not found:
-      raise FileNotFoundError(
-        f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders (images: "
-        f"{', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
-    return found
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"input {path} does not exist (give a video file, a frame folder, a "
-                            "folder of videos or a list file)")
-  if not _is_list_file(path):
-    return [path]
-  official = splits.videos_of_split_file(path)  # UCF-101 / HMDB-51 split files as distributed
-  if official is not None:
-    return official
-  bases = [b for b in (root, os.path.dirname(os.path.abspath(path)), os.getcwd()) if b]
-  with open(path, encoding="utf-8") as f:
-    lines = [line.strip() for line in f.read().splitlines()]
-  videos = [_resolve_line(line, bases) for line in lines if line and not line.startswith("#")]
-  if not videos:
-    raise ValueError(f"list file {path} names no videos")
-  return videos
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -327,7 +214,7 @@ def _check_model(config_model: Mapping[str, Any], cfg: ModelConfig, checkpoint: 
 def _adapt_resolution(model: UniFormerV2, size: int) -> UniFormerV2:
   """The same weights at input resolution ``size``: the positional embedding's patch grid is
   resized bicubically (``convert.resize_positional_embedding``); nothing else depends on it."""
-  from uniformerv2_jax.convert import resize_positional_embedding
+  from uniformerv2_jax.mapping import resize_positional_embedding
   from uniformerv2_jax.model import create_model
   from uniformerv2_jax.trees import flat_state
 
@@ -436,44 +323,6 @@ def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
 
 
 # ----------------------------------------------------------------------------- views and model
-def decode_clips(path: str, views: ViewSettings) -> np.ndarray:
-  """uint8 ``[V, T, H, W, 3]``: the V temporal test clips of a video file or a frame folder
-  (channel order as the model expects). Short videos repeat frames (the sampler clamps),
-  never fail."""
-  s, count = views.sampling, views.num_clips
-
-  def indices(length: int) -> np.ndarray:
-    return np.concatenate([s.test_indices(length, v, count) for v in range(count)])
-
-  r = views.reader
-  if os.path.isdir(path):
-    frames = read_frame_files(frame_files(path), indices, label=path, max_pixels=r.max_pixels)
-  else:
-    frames = read_clip({"kind": "video", "path": path, "label": 0}, indices,
-                       max_pixels=r.max_pixels, seek_threshold=r.seek_threshold,
-                       decode_threads=r.decode_threads).frames
-  frames = frames.reshape(count, s.num_frames, *frames.shape[1:])
-  return np.ascontiguousarray(frames[..., ::-1]) if views.bgr else frames
-
-
-def read_frame_files(files: Sequence[str], indices_for_length, *, label: str,
-                     max_pixels: int) -> np.ndarray:
-  """uint8 RGB ``[T, H, W, 3]``: the images ``files[indices_for_length(len(files))]``, read as
-  the training reader reads frame images; positions past the end repeat the last frame."""
-  from uniformerv2_jax.data.video import DecodeError, read_image_files
-
-  if not files:
-    raise DecodeError("no_frames", label, "no image files")
-  idx = np.minimum(np.asarray(indices_for_length(len(files)), np.int64), len(files) - 1)
-  return read_image_files([files[i] for i in idx], label=label, max_pixels=max_pixels)
-
-
-def make_views(clips: np.ndarray, views: ViewSettings) -> Iterator[np.ndarray]:
-  """The float32 test views of decoded clips, view ``j`` = clip ``j // S``, crop ``j % S``."""
-  for j in range(views.num_views):
-    yield eval_view(clips[j // views.num_crops], j % views.num_crops, views.eval_cfg)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _forward(graphdef, state, x, extract_all: bool):
   """Per-view probabilities and fused features (+ block / global tokens with ``extract_all``).
@@ -518,89 +367,119 @@ def _error_message(err: BaseException, video: str) -> str:
   return f"{type(err).__name__}: {err}"
 
 
-def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8,
-               extract_all: bool = False, read_threads: int = 2,
-               progress: bool = True) -> VideoResults:
-  """Every view of every video through the model, ``batch_size`` views per call."""
+class _ViewBatches:
+  """Views in, fixed-shape batches through the model, outputs summed per video.
+
+  One batch is in flight on the device while the next fills on the host; the buffer is
+  replaced after each dispatch because the device may still read the old one."""
+
+  def __init__(self, prepared: Prepared, batch_size: int, extract_all: bool,
+               acc: ViewAccumulator):
+    views = prepared.views
+    self.graphdef, self.state = nnx.split(prepared.model)
+    self.batch_size, self.extract_all, self.acc = batch_size, extract_all, acc
+    self.shape = (batch_size, views.sampling.num_frames, views.eval_cfg.crop_size,
+                  views.eval_cfg.crop_size, 3)
+    self.buf = np.zeros(self.shape, np.float32)
+    self.owners: list[tuple[int, int]] = []  # (video, view) of each filled row
+    self.in_flight: list[tuple[Any, list[tuple[int, int]]]] = []
+
+  def add(self, view: np.ndarray, video: int, view_index: int) -> None:
+    self.buf[len(self.owners)] = view
+    self.owners.append((video, view_index))
+    if len(self.owners) == self.batch_size:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self.owners:
+      return
+    out = _forward(self.graphdef, self.state, self.buf, self.extract_all)  # asynchronous
+    if self.in_flight:
+      self._collect()  # the previous batch, while this one runs
+    self.in_flight.append((out, list(self.owners)))
+    self.buf = np.zeros(self.shape, np.float32)
+    self.owners.clear()
+
+  def finish(self) -> None:
+    self.flush()
+    while self.in_flight:
+      self._collect()
+
+  def _collect(self) -> None:
+    out, who = self.in_flight.pop()
+    probs, features, extra = jax.device_get(out)
+    n = len(who)
+    video, view = (np.array(c, np.int64) for c in zip(*who, strict=True))
+    self.acc.add(probs[:n], video, view, np.ones(n, bool), np.zeros(n, np.int64),
+                 extra={"features": features[:n], **{k: v[:n] for k, v in extra.items()}})
+
+
+def _accumulator(cfg: ModelConfig, num_videos: int, num_views: int,
+                 extract_all: bool) -> ViewAccumulator:
+  shapes = {"features": (cfg.n_dim,)}
+  if extract_all:
+    shapes.update(block_cls=(cfg.layers, cfg.width), global_tokens=(cfg.n_layers, cfg.n_dim))
+  return ViewAccumulator(num_videos, cfg.num_classes, num_views, shapes)
+
+
+def _feed_views(videos: Sequence[str], views: ViewSettings, batches: _ViewBatches, *,
+                read_threads: int, progress: bool) -> list[str | None]:
+  """Decode the videos ``2 x read_threads`` ahead in threads and hand every test view of each
+  to ``batches``, in video order. Returns each video's error (None = fine)."""
   from tqdm import tqdm
 
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  model, views = prepared.model, prepared.views
-  cfg = model.cfg
-  graphdef, state = nnx.split(model)
-  n, nv = len(videos), views.num_views
-  shape = (views.sampling.num_frames, views.eval_cfg.crop_size, views.eval_cfg.crop_size, 3)
-  probs = np.zeros((n, cfg.num_classes), np.float64)
-  feats = np.zeros((n, cfg.n_dim), np.float64)
-  extra = {"block_cls": np.zeros((n, cfg.layers, cfg.width), np.float64),
-           "global_tokens": np.zeros((n, cfg.n_layers, cfg.n_dim), np.float64)} \
-    if extract_all else {}
-  counts = np.zeros((n,), np.int64)
+  def read(path: str) -> np.ndarray:
+    return read_test_clips(video_record(path, bgr=views.bgr), views.sampling, views.reader,
+                           views.num_clips)
+
+  n = len(videos)
   errors: list[str | None] = [None] * n
-
-  buf = np.zeros((batch_size, *shape), np.float32)
-  owners: list[int] = []
-  in_flight: list[tuple[Any, list[int]]] = []
-
-  def collect() -> None:
-    out, who = in_flight.pop()
-    p, f, e = jax.device_get(out)
-    for row, v in enumerate(who):
-      probs[v] += p[row]
-      feats[v] += f[row]
-      for k in extra:
-        extra[k][v] += e[k][row]
-      counts[v] += 1
-
-  def flush() -> None:
-    nonlocal buf
-    if not owners:
-      return
-    out = _forward(graphdef, state, buf, extract_all)  # dispatched asynchronously
-    if in_flight:
-      collect()  # the previous batch, while this one runs
-    in_flight.append((out, list(owners)))
-    buf = np.zeros((batch_size, *shape), np.float32)  # the device may still read the old one
-    owners.clear()
-
   bar = tqdm(total=n, desc="videos", unit="video", disable=not progress, file=sys.stderr)
   window = max(1, read_threads) * 2
   with ThreadPoolExecutor(max(1, read_threads)) as pool:
-    pending = {}
-    for i in range(min(window, n)):
-      pending[i] = pool.submit(decode_clips, videos[i], views)
+    pending = {i: pool.submit(read, videos[i]) for i in range(min(window, n))}
     for i in range(n):
       if i + window < n:
-        pending[i + window] = pool.submit(decode_clips, videos[i + window], views)
+        pending[i + window] = pool.submit(read, videos[i + window])
       try:
         clips = pending.pop(i).result()
       except Exception as err:  # noqa: BLE001 (one bad video must not stop the others)
         errors[i] = _error_message(err, videos[i])
         bar.write(f"skipped {videos[i]}: {errors[i]}", file=sys.stderr)
-        bar.update(1)
-        continue
-      for view in make_views(clips, views):  # anything failing here is a bug: raise
-        buf[len(owners)] = view
-        owners.append(i)
-        if len(owners) == batch_size:
-          flush()
-      del clips
+      else:
+        for j in range(views.num_views):  # anything failing here is a bug: raise
+          batches.add(test_view(clips, j, views.eval_cfg), i, j)
+        del clips
       bar.update(1)
-  flush()
-  while in_flight:
-    collect()
   bar.close()
+  return errors
 
+
+def _video_results(videos: Sequence[str], acc: ViewAccumulator, errors: list[str | None],
+                   num_views: int) -> VideoResults:
   ok = np.array([e is None for e in errors], bool)
-  if np.any(counts[ok] != nv):  # every view of a readable video is scored exactly once
-    raise RuntimeError(f"view bookkeeping: counts {counts[ok].tolist()}, expected {nv} each")
-  denom = np.where(ok, np.maximum(counts, 1), 1)[:, None]
-  probs = np.where(ok[:, None], probs / denom, np.nan)
-  feats = np.where(ok[:, None], feats / denom, np.nan).astype(np.float32)
-  extra = {k: np.where(ok[:, None, None], v / denom[:, :, None], np.nan).astype(np.float32)
-           for k, v in extra.items()}
-  return VideoResults(list(videos), probs, feats, extra, errors, nv)
+  if not acc.seen[ok].all():  # every view of a readable video is scored
+    raise RuntimeError(f"view bookkeeping: views counted {acc.seen[ok].sum(1).tolist()}, "
+                       f"expected {num_views} each")
+  probs, means = acc.means()
+  features = means.pop("features").astype(np.float32)
+  extra = {k: v.astype(np.float32) for k, v in means.items()}
+  return VideoResults(list(videos), probs, features, extra, errors, num_views)
+
+
+def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8,
+               extract_all: bool = False, read_threads: int = 2,
+               progress: bool = True) -> VideoResults:
+  """Every view of every video through the model, ``batch_size`` views per call, averaged per
+  video (a failed video's rows are NaN)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  views = prepared.views
+  acc = _accumulator(prepared.model.cfg, len(videos), views.num_views, extract_all)
+  batches = _ViewBatches(prepared, batch_size, extract_all, acc)
+  errors = _feed_views(videos, views, batches, read_threads=read_threads, progress=progress)
+  batches.finish()
+  return _video_results(videos, acc, errors, views.num_views)
 
 
 # ----------------------------------------------------------------------------- entry points

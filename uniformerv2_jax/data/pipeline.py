@@ -323,6 +323,31 @@ class EvalLayout:
     return self.process_index + (j // self.views) * self.process_count, j % self.views
 
 
+def read_test_clips(
+  record: Record, sampling_cfg: SamplingConfig, reader: ReaderConfig, num_clips: int
+) -> np.ndarray:
+  """uint8 ``[V, T, H, W, 3]``: the ``num_clips`` temporal test clips of a record, decoded in
+  one pass. Short videos repeat frames (the sampler clamps), never fail."""
+  clip = read_clip(
+    record,
+    lambda length: np.concatenate(
+      [sampling_cfg.test_indices(length, v, num_clips) for v in range(num_clips)]
+    ),
+    max_pixels=reader.max_pixels,
+    seek_threshold=reader.seek_threshold,
+    decode_threads=reader.decode_threads,
+    selective=reader.selective_decode,
+  )
+  return clip.frames.reshape(num_clips, sampling_cfg.num_frames, *clip.frames.shape[1:])
+
+
+def test_view(clips: np.ndarray, view: int, eval_cfg: transforms.EvalConfig) -> np.ndarray:
+  """Test view ``view`` of a video's decoded clips (:func:`read_test_clips`): temporal clip
+  ``view // S``, spatial crop ``view % S`` (S = ``eval_cfg.num_spatial_crops``)."""
+  s_count = eval_cfg.num_spatial_crops
+  return transforms.eval_view(clips[view // s_count], view % s_count, eval_cfg)
+
+
 class EvalLoad(grain.transforms.Map):
   """Local item index -> one test view; decodes a video's V temporal clips once (cached)."""
 
@@ -356,20 +381,9 @@ class EvalLoad(grain.transforms.Map):
       if vid in self._cache:
         return self._cache[vid]
     rec = self.source[vid]
-    t, v_count = self.sampling.num_frames, self.num_clips
     try:
-      clip = read_clip(
-        rec,
-        lambda length: np.concatenate(
-          [self.sampling.test_indices(length, v, v_count) for v in range(v_count)]
-        ),
-        max_pixels=self.reader.max_pixels,
-        seek_threshold=self.reader.seek_threshold,
-        decode_threads=self.reader.decode_threads,
-        selective=self.reader.selective_decode,
-      )
       value: tuple[np.ndarray | None, str | None] = (
-        clip.frames.reshape(v_count, t, *clip.frames.shape[1:]),
+        read_test_clips(rec, self.sampling, self.reader, self.num_clips),
         None,
       )
     except Exception as err:  # noqa: BLE001 (a bad test video is excluded, not fatal)
@@ -400,7 +414,6 @@ class EvalLoad(grain.transforms.Map):
         "skipped": skipped,
       }
     vid, view = where
-    s_count = self.eval_cfg.num_spatial_crops
     clips, bad = self._clips(vid)
     if clips is None:
       # Count a bad video once (on its first view) and exclude all its views.
@@ -408,7 +421,7 @@ class EvalLoad(grain.transforms.Map):
         skipped[SKIP_KINDS.index(bad)] += 1
       video, valid = self._empty(), False
     else:
-      video = transforms.eval_view(clips[view // s_count], view % s_count, self.eval_cfg)
+      video = test_view(clips, view, self.eval_cfg)
       valid = True
     return {
       "video": video,

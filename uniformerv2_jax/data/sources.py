@@ -7,15 +7,21 @@ A record names where a video's frames are and its label. Kinds:
 - ``array``: frames already decoded in memory (TFDS ``Video`` features);
 - ``encoded``: video bytes (TFDS encoded video, or the project ArrayRecord format with mp4);
 - ``jpegs``: a sequence of JPEG byte strings (project ArrayRecord format with jpeg: read lazily,
-  one record per frame).
+  one record per frame);
+- ``image_folder``: a folder of image files of any names, in natural order (``img_2`` before
+  ``img_10``): a frame folder handed to prediction without a list file.
+
+A ``video`` or ``image_folder`` record with ``bgr`` set is returned in BGR channel order.
 
 :func:`read_clip` turns any record plus a sampling rule into decoded uint8 frames.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +33,13 @@ from uniformerv2_jax.data.video import Clip, DecodeError
 
 Record = dict[str, Any]
 IndicesFn = Callable[[int], np.ndarray]
+
+VIDEO_EXTENSIONS = frozenset({
+  ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+  ".ogv", ".ts", ".mts", ".gif",
+})
+LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 class ListFileError(ValueError):
@@ -52,6 +65,123 @@ def _parse_label(text: str, list_file: str, lineno: int, line: str, num_classes:
       f"{list_file}:{lineno}: label {label} outside [0, {num_classes}) in {line!r}"
     )
   return label
+
+
+def _label_free_paths(line: str) -> list[str]:
+  """The paths a list line may name once its trailing labels are dropped, likeliest first:
+  minus ``num_frames label`` (Something-Something ``folder num_frames label`` lines), minus a
+  ``label`` (official ``path,label`` / ``path label`` lines)."""
+  out = []
+  for sep in (",", None):
+    parts = line.rsplit(sep, 2)
+    ints = 0
+    while ints < len(parts) - 1 and parts[len(parts) - 1 - ints].strip().lstrip("-").isdigit():
+      ints += 1
+    for drop in range(ints, 0, -1):
+      head = (sep or " ").join(parts[: len(parts) - drop]).strip()
+      if head:
+        out.append(head)
+  return list(dict.fromkeys(out))
+
+
+def _resolve(path: str, bases: Sequence[str]) -> str:
+  if os.path.isabs(path):
+    return path
+  for base in bases:
+    cand = os.path.join(base, path)
+    if os.path.exists(cand):
+      return cand
+  return os.path.join(bases[0], path) if bases else path
+
+
+def _resolve_line(line: str, bases: Sequence[str]) -> str:
+  """A list line's video: the first reading of it (as written, then without labels) that
+  exists, as given or against ``bases``; a missing video keeps the label-free reading (it is
+  reported per video later)."""
+  readings = list(dict.fromkeys([line, *_label_free_paths(line)]))
+  for r in readings:
+    if os.path.exists(r) or (not os.path.isabs(r)
+                             and any(os.path.exists(os.path.join(b, r)) for b in bases)):
+      return _resolve(r, bases)
+  return _resolve(readings[1] if len(readings) > 1 else line, bases)
+
+
+def list_file_videos(list_file: str, root: str = "") -> list[str]:
+  """The videos a list file names, labels optional: official ``path,label`` / ``path label``
+  lines, Something-Something ``folder num_frames label`` lines, or bare paths (``#`` comments
+  and blank lines skipped). Relative paths resolve against ``root``, the list's folder, then
+  the working directory; an official UCF-101 / HMDB-51 split file is read as training reads it.
+  """
+  from uniformerv2_jax.data import splits  # splits builds on this module
+
+  official = splits.videos_of_split_file(list_file)
+  if official is not None:
+    return official
+  bases = [b for b in (root, os.path.dirname(os.path.abspath(list_file)), os.getcwd()) if b]
+  lines = [line.strip() for line in _read_lines(list_file)]
+  videos = [_resolve_line(line, bases) for line in lines if line and not line.startswith("#")]
+  if not videos:
+    raise ValueError(f"list file {list_file} names no videos")
+  return videos
+
+
+def _natural_key(name: str) -> list[Any]:
+  # Digit runs compare as numbers (img_2 < img_10); re.split keeps str/int positions aligned.
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: str) -> list[str]:
+  """The image files directly in ``folder``, in natural order (the frames of a frame folder)."""
+  names = [f for f in os.listdir(folder)
+           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+           and os.path.isfile(os.path.join(folder, f))]
+  return [os.path.join(folder, f) for f in sorted(names, key=_natural_key)]
+
+
+def _scan_folder(path: str) -> list[str]:
+  """Video files and frame folders under ``path`` (recursively), sorted. A directory with
+  image files and no video files is one frame-folder video; its subdirectories are still
+  searched (a nested layout stays usable)."""
+  found = []
+  for d, _, files in os.walk(path):
+    exts = {os.path.splitext(f)[1].lower() for f in files}
+    videos = [os.path.join(d, f) for f in files
+              if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
+    found.extend(videos)
+    if not videos and exts & IMAGE_EXTENSIONS:
+      found.append(d)
+  return sorted(found)
+
+
+def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                root: str = "") -> list[str]:
+  """The videos of ``inputs``: a video file; a frame folder (image files, no videos: one
+  video); a folder (its video files and frame folders, recursively, sorted); a list file
+  (``.txt``/``.csv``/``.lst``, see :func:`list_file_videos`); or a sequence of any of these.
+  A missing video named by a list is kept (reported per video later).
+  """
+  if isinstance(inputs, (list, tuple)):
+    return [p for item in inputs for p in find_videos(item, root)]
+  path = os.fspath(inputs)
+  if os.path.isdir(path):
+    found = _scan_folder(path)
+    if not found:
+      raise FileNotFoundError(
+        f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders (images: "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+    return found
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"input {path} does not exist (give a video file, a frame folder, a "
+                            "folder of videos or a list file)")
+  if os.path.splitext(path)[1].lower() not in LIST_EXTENSIONS:
+    return [path]
+  return list_file_videos(path, root)
+
+
+def video_record(path: str, *, bgr: bool = False) -> Record:
+  """The record of a video file or a frame folder found by :func:`find_videos` (label 0)."""
+  kind = "image_folder" if os.path.isdir(path) else "video"
+  return {"kind": kind, "path": path, "label": 0, "bgr": bgr}
 
 
 class VideoListSource:
@@ -317,7 +447,7 @@ def read_clip(
   kind = record["kind"]
   path = record.get("path", "<record>")
   if kind in ("video", "encoded"):  # a file path, or the encoded bytes of an ArrayRecord
-    return video_lib.read_video(
+    clip = video_lib.read_video(
       record["path"] if kind == "video" else record["data"],
       indices_for_length,
       label=None if kind == "video" else path,
@@ -326,6 +456,15 @@ def read_clip(
       threads=decode_threads,
       selective=selective,
     )
+    return _to_bgr(clip) if kind == "video" and record.get("bgr") else clip
+  if kind == "image_folder":
+    files = frame_files(record["path"])
+    if not files:
+      raise DecodeError("no_frames", path, "no image files")
+    idx = np.minimum(np.asarray(indices_for_length(len(files)), np.int64), len(files) - 1)
+    frames = video_lib.read_image_files([files[i] for i in idx], label=path,
+                                        bgr=bool(record.get("bgr")), max_pixels=max_pixels)
+    return Clip(frames=frames, indices=idx, num_frames=len(files))
   if kind == "frames":
     length = int(record["num_frames"])
     idx = np.asarray(indices_for_length(length), np.int64)
@@ -353,3 +492,8 @@ def read_clip(
     idx = np.minimum(np.asarray(indices_for_length(len(arr)), np.int64), len(arr) - 1)
     return Clip(frames=np.asarray(arr[idx], np.uint8), indices=idx, num_frames=len(arr))
   raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _to_bgr(clip: Clip) -> Clip:
+  # Decoders give RGB; recipes trained on OpenCV frames (SSv1/SSv2) want BGR.
+  return dataclasses.replace(clip, frames=np.ascontiguousarray(clip.frames[..., ::-1]))
