@@ -11,22 +11,16 @@ import dataclasses
 
 import ml_collections
 
-from uniformerv2_jax import zoo
+from uniformerv2_jax import labels, zoo
 from uniformerv2_jax.model import ModelConfig
 
-# Per-dataset facts of the official data pipeline.
-DATASETS = {
-  # name: (list-file style, default split files, label map shipped with the package)
-  "k400": dict(kind="video_list", labels="kinetics400"),
-  "k600": dict(kind="video_list", labels="kinetics600"),
-  "k700": dict(kind="video_list", labels="kinetics700"),
-  "k710": dict(kind="video_list", labels="kinetics710"),
-  "mit": dict(kind="video_list", labels="mit"),
-  "sthv1": dict(kind="frame_folders", labels=""),
-  "sthv2": dict(kind="frame_folders", labels="sthv2"),
-  "anet": dict(kind="video_list", labels=""),
-  "hacs": dict(kind="video_list", labels=""),
-}
+# Per-dataset facts of the official data pipeline: list-file style, and the label map shipped
+# with the package (one table for configs and prediction: ``uniformerv2_jax/labels.py``).
+_KINDS = {"k400": "video_list", "k600": "video_list", "k700": "video_list", "k710": "video_list",
+          "mit": "video_list", "sthv1": "frame_folders", "sthv2": "frame_folders",
+          "anet": "video_list", "hacs": "video_list"}
+DATASETS = {name: dict(kind=kind, labels=labels.DATASET_LABELS[name])
+            for name, kind in _KINDS.items()}
 
 
 def model_config_dict(cfg: ModelConfig) -> ml_collections.ConfigDict:
@@ -84,7 +78,6 @@ def base_config() -> ml_collections.ConfigDict:
   # tensor-parallel; the batch is split over data x fsdp.
   c.sharding_rules = ml_collections.ConfigDict(dict(
     batch=("data", "fsdp"), embed="fsdp", heads="tensor", mlp="tensor", classes="tensor"))
-  c.bn_sync = True  # BatchNorm statistics over the global batch (False, per-device: not built yet)
   c.precision = "float32"  # float32 | bfloat16 (compute; params stay float32)
   c.remat_policy = "none"  # none | full | dots | dots_no_batch | qkv_mlp (fastest on CPU)
   c.scan_layers = True

@@ -178,11 +178,6 @@ def optim_config(config, steps_per_epoch: int, total_steps: int, *, frozen: bool
 
 
 def setup(config, train_size: int) -> Run:
-  if not config.bn_sync:
-    # Refuse rather than silently synchronise: the per-device variant (the official runs' BN
-    # over each GPU's own batch) needs a shard_map around the BatchNorm and is not built yet.
-    raise ValueError("bn_sync=False (per-device BatchNorm statistics) is not implemented yet; "
-                     "BatchNorm statistics are synchronised over the global batch")
   cfg = model_config(config)
   mesh = shard_lib.make_mesh(config.mesh.to_dict())
   rules = _rules(config)
