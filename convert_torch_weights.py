@@ -237,7 +237,7 @@ def _report(rows: list[tuple[str, float, str]], verbose: bool, what: str) -> boo
 
 def verify_import(imp, dst: Path, verbose: bool, tol: float = 1e-5) -> bool:
   from uniformerv2_jax.checkpoint import load_checkpoint
-  from uniformerv2_jax.convert import torch_from_flax
+  from uniformerv2_jax.mapping import torch_from_flax
   from uniformerv2_jax.trees import flat_state
 
   say("verify: reloading " + str(dst))
@@ -268,9 +268,10 @@ def verify_import(imp, dst: Path, verbose: bool, tol: float = 1e-5) -> bool:
 
 def verify_export(model, sd, out: Path, fmt: str, verbose: bool, tol: float = 1e-5) -> bool:
   from uniformerv2_jax import formats as F
+  from uniformerv2_jax.checkpoint_files import read_source
 
   say("verify: reloading " + str(out))
-  src = F.read_source(out)
+  src = read_source(out)
   ok = True
   if out.suffix.lower() != ".safetensors" and out.suffix.lower() != ".npz":
     if list(src.tensors) != list(sd):
@@ -376,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger(name).setLevel(logging.ERROR)
   src, dst = Path(args.input), Path(args.output)
   try:
-    from uniformerv2_jax.convert import CheckpointError
+    from uniformerv2_jax.checkpoint_files import CheckpointError
   except ImportError as e:  # pragma: no cover
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -11,7 +11,7 @@ import torch
 
 import uniformerv2_jax as u
 from tests.conftest import FIXTURES
-from uniformerv2_jax.convert import CheckpointError, read_checkpoint
+from uniformerv2_jax.checkpoint_files import CheckpointError, read_checkpoint
 
 CFG = FIXTURES / "tiny_k400" / "config.json"
 

@@ -18,9 +18,9 @@ import torch
 from flax import nnx
 
 from tests.conftest import FIXTURES
-from uniformerv2_jax import convert as C
+from uniformerv2_jax import checkpoint_files, mapping
 from uniformerv2_jax import formats as F
-from uniformerv2_jax.convert import CheckpointError
+from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.trees import flat_state
 from uniformerv2_jax.variants import config_from_official
@@ -45,7 +45,7 @@ def clip_cfg():
 
 @pytest.fixture(scope="module")
 def expected():
-  return C.strip_prefix(C.read_checkpoint(CLIP / "expected_model_state.npz"))
+  return mapping.strip_prefix(checkpoint_files.read_checkpoint(CLIP / "expected_model_state.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_clip_reproduces_official_loading_bit_exactly(name, clip_cfg, expected):
 def test_clip_forward_with_other_tensors_from_expected(clip_pth_import, expected, clip_cfg):
   full = dict(expected)
   full.update(clip_pth_import.converted.state)
-  model = C.model_from_flax(C.flax_from_torch(full, clip_cfg), clip_cfg)
+  model = mapping.model_from_flax(mapping.flax_from_torch(full, clip_cfg), clip_cfg)
   logits = run(model, channels_last(np.load(CLIP / "video_input.npy")))
   np.testing.assert_allclose(logits, np.load(CLIP / "video_logits.npy"), atol=1e-4, rtol=1e-4)
 
@@ -204,8 +204,8 @@ def test_torchscript_archive_is_read_without_running_code(tmp_path, clip_cfg, ex
   path = tmp_path / "ViT-tiny.pt"
   scripted = _tiny_torchscript(path)
   with pytest.raises(CheckpointError, match="TorchScript"):
-    C.read_checkpoint(path)  # the generic reader still refuses and says where to go
-  tensors = F.read_torchscript_tensors(path)
+    checkpoint_files.read_checkpoint(path)  # the generic reader still refuses and says where to go
+  tensors = checkpoint_files.read_torchscript_tensors(path)
   want = scripted.state_dict()
   assert set(tensors) == set(want)
   for k, v in want.items():
@@ -246,7 +246,7 @@ def test_torchscript_with_foreign_global_is_refused(tmp_path):
     z.writestr("evil/code/__torch__.py", "")
   with pytest.raises(CheckpointError,
                      match=r"refused.*needs (io|builtins)\.open.*nothing was executed"):
-    F.read_source(path)
+    checkpoint_files.read_source(path)
   assert not marker.exists()
 
 
@@ -299,8 +299,8 @@ def test_positional_embedding_resize_32_to_48(clip_cfg):
 def test_resize_is_identity_at_same_size_and_down_matches_naive():
   rng = np.random.default_rng(0)
   pe = rng.standard_normal((1 + 25, 3)).astype(np.float32)
-  assert C.resize_positional_embedding(pe, 5) is pe
-  down = C.resize_positional_embedding(pe, 3)
+  assert mapping.resize_positional_embedding(pe, 5) is pe
+  down = mapping.resize_positional_embedding(pe, 3)
   ref = _naive_bicubic(pe[1:].astype(np.float64).reshape(5, 5, 3), 3).reshape(9, 3)
   np.testing.assert_allclose(down[1:], ref, atol=1e-6)
 

@@ -19,7 +19,7 @@ from tests.test_convert_clip import _randomise, _video_cfg, run
 from uniformerv2_jax import checkpoint as ckpt_lib
 from uniformerv2_jax import formats as F
 from uniformerv2_jax.checkpoint import config_from_json, config_to_json, load_checkpoint
-from uniformerv2_jax.convert import CheckpointError
+from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig, create_model
 from uniformerv2_jax.variants import config_from_official, official_from_config
 

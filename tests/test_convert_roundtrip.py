@@ -15,11 +15,10 @@ from flax import nnx
 
 from tests.conftest import FIXTURES
 from tests.util import random_official_state_dict
-from uniformerv2_jax import convert as C
+from uniformerv2_jax import checkpoint_files, load_checkpoint, mapping
 from uniformerv2_jax import formats as F
-from uniformerv2_jax import load_checkpoint
 from uniformerv2_jax.checkpoint import read_config, save_model
-from uniformerv2_jax.convert import CheckpointError
+from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.trees import flat_state
 from uniformerv2_jax.variants import config_from_official
@@ -66,7 +65,7 @@ def test_official_fixture_round_trip_bit_exact(tmp_path, name):
   assert all(got[k].dtype == torch.int64 and got[k].ndim == 0 for k in nbt)
   # safetensors: same tensors (safetensors has no order), and it carries the config.
   F.write_state(tmp_path / "out.safetensors", sd, model.cfg, "official")
-  src = F.read_source(tmp_path / "out.safetensors")
+  src = checkpoint_files.read_source(tmp_path / "out.safetensors")
   assert set(src.tensors) == set(want)
   for k, v in want.items():
     assert src.tensors[k].dtype == v.numpy().dtype and src.tensors[k].shape == tuple(v.shape)
@@ -92,7 +91,7 @@ def test_mmaction2_fixture_imports_and_exports_back(tmp_path, name):
   assert list(got["state_dict"]) == list(json.loads((d / "mapping.json").read_text())["keys"]
                                          .values())
   # The exported meta describes the model again.
-  assert F.config_from_mmaction2(F.mmaction2_model_dict(got["meta"])) == model.cfg
+  assert mapping.config_from_mmaction2(mapping.mmaction2_model_dict(got["meta"])) == model.cfg
 
 
 def test_mmaction2_backbone_only_needs_allow_missing(tmp_path):
@@ -151,13 +150,13 @@ def test_any_config_round_trips_through_both_layouts(tmp_path, which):
 def test_frozen_emulation_exact_and_real_balance_refused(tmp_path):
   cfg = ModelConfig(**OTHER["frozen_single_lmhra"])
   sd = random_official_state_dict(cfg, seed=4)
-  model = C.model_from_flax(C.flax_from_torch(sd, cfg), cfg)
-  mm = C.mmaction2_from_official(C.torch_from_flax(flat_state(model), cfg), cfg)
+  model = mapping.model_from_flax(mapping.flax_from_torch(sd, cfg), cfg)
+  mm = mapping.mmaction2_from_official(mapping.torch_from_flax(flat_state(model), cfg), cfg)
   # The -1e4 balance makes the non-frozen model compute the frozen one (sigmoid is exactly 0;
   # the two compiled programs may still round the rest differently, ~1e-7).
   open_cfg = cfg.replace(frozen=False)
-  unfrozen = C.model_from_flax(C.flax_from_torch(
-    C.strip_prefix(C.official_from_mmaction2(mm, open_cfg)[0]), open_cfg), open_cfg)
+  unfrozen = mapping.model_from_flax(mapping.flax_from_torch(
+    mapping.strip_prefix(mapping.official_from_mmaction2(mm, open_cfg)[0]), open_cfg), open_cfg)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 40, 40, 3)), jnp.float32)
   w = jax.nn.sigmoid(flat_state(unfrozen)[("balance",)])
   assert np.all(np.asarray(w) == 0)
@@ -165,4 +164,4 @@ def test_frozen_emulation_exact_and_real_balance_refused(tmp_path):
   mm["backbone.transformer.balance"] = mm["backbone.transformer.balance"].copy()
   mm["backbone.transformer.balance"][0] = -3.0
   with pytest.raises(CheckpointError, match="FROZEN .* balance"):
-    C.official_from_mmaction2(mm, cfg)
+    mapping.official_from_mmaction2(mm, cfg)

@@ -18,12 +18,8 @@ import uniformerv2_jax as u
 from tests import reference_numpy
 from tests.conftest import FIXTURES, REPO
 from tests.util import random_official_state_dict
-from uniformerv2_jax.convert import (
-  flax_from_torch,
-  model_from_flax,
-  read_checkpoint,
-  strip_prefix,
-)
+from uniformerv2_jax.checkpoint_files import read_checkpoint
+from uniformerv2_jax.mapping import flax_from_torch, model_from_flax, strip_prefix
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.trees import flat_state
 
@@ -127,7 +123,7 @@ def test_float64_matches_official_float64_references():
     from tests import reference_numpy
     from tests.test_model import OTHER_CONFIGS, BATCH
     from tests.util import random_official_state_dict
-    from uniformerv2_jax.convert import flax_from_torch, model_from_flax
+    from uniformerv2_jax.mapping import flax_from_torch, model_from_flax
     from uniformerv2_jax.model import ModelConfig
     out = {{}}
     for name in {VIDEO_FIXTURES!r}:
@@ -216,7 +212,7 @@ def test_train_mode_batchnorm_updates_like_torch():
 
   # Against the official code's buffers after its train-mode forward (bn_after.npz).
   official = np.load(d / "bn_after.npz")
-  sd_after = u.convert.torch_from_flax({**flat_state(model)}, model.cfg, prefix="backbone.")
+  sd_after = u.mapping.torch_from_flax({**flat_state(model)}, model.cfg, prefix="backbone.")
   for k in official.files:
     got = sd_after[k]
     if k.endswith("num_batches_tracked"):

@@ -13,8 +13,8 @@ from flax import nnx
 
 import uniformerv2_jax as u
 from tests.conftest import FIXTURES
-from uniformerv2_jax.convert import entries
 from uniformerv2_jax.evaluate import ViewAccumulator, summarize
+from uniformerv2_jax.mapping import entries
 from uniformerv2_jax.model import ModelConfig, create_model
 from uniformerv2_jax.optim import OptimConfig, make_optimizer, weight_decay_mask
 from uniformerv2_jax.steps import init_train_state, make_train_step

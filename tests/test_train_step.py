@@ -14,7 +14,7 @@ from flax import nnx
 import uniformerv2_jax as u
 from tests.conftest import FIXTURES
 from tests.test_model import channels_last
-from uniformerv2_jax.convert import flax_from_torch, model_from_flax, strip_prefix, torch_from_flax
+from uniformerv2_jax.mapping import flax_from_torch, model_from_flax, strip_prefix, torch_from_flax
 from uniformerv2_jax.optim import OptimConfig, lr_schedule, make_optimizer, official_lr
 from uniformerv2_jax.steps import (
   cross_entropy,

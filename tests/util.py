@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from uniformerv2_jax.convert import expected_torch_shapes
+from uniformerv2_jax.mapping import expected_torch_shapes
 from uniformerv2_jax.model import ModelConfig
 
 

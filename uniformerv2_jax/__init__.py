@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
   from uniformerv2_jax.checkpoint import load_checkpoint
-  from uniformerv2_jax.convert import CheckpointError, load_official
+  from uniformerv2_jax.checkpoint_files import CheckpointError
+  from uniformerv2_jax.formats import load_official
   from uniformerv2_jax.model import ModelConfig, UniFormerV2, abstract_model, create_model
   from uniformerv2_jax.variants import config_from_official
 
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 # ``uniformerv2_jax.host_memory`` (standard library only) before JAX, and Orbax (~1 s) is
 # imported only when a checkpoint is actually loaded.
 _EXPORTS = {
-  "CheckpointError": "convert",
-  "load_official": "convert",
+  "CheckpointError": "checkpoint_files",
+  "load_official": "formats",
   "ModelConfig": "model",
   "UniFormerV2": "model",
   "abstract_model": "model",

@@ -25,14 +25,10 @@ must state it (``--clip-activation``); the converter never guesses.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import io
 import json
 import logging
-import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,304 +36,24 @@ from typing import Any
 
 import numpy as np
 
-from uniformerv2_jax import convert as C
-from uniformerv2_jax.convert import PREFIX, CheckpointError
-from uniformerv2_jax.model import ACTIVATIONS, ModelConfig
+from uniformerv2_jax import mapping
+from uniformerv2_jax.checkpoint_files import (
+  CheckpointError,
+  Source,
+  read_checkpoint,
+  read_source,
+  write_tensors,
+)
+from uniformerv2_jax.mapping import PREFIX
+from uniformerv2_jax.model import ACTIVATIONS, ModelConfig, UniFormerV2
 from uniformerv2_jax.trees import flat_state
+from uniformerv2_jax.variants import config_from_official
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("official", "mmaction2", "clip", "hf", "timm")
 CLIP_LIKE = ("clip", "hf", "timm")
-TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
 CONFIG_META_KEY = "uniformerv2_jax.model_config"  # safetensors metadata written on export
-
-
-# ============================================================================= reading
-@dataclasses.dataclass
-class Source:
-  """What a checkpoint file holds: flat tensors (wrappers removed) and side information."""
-
-  path: Path
-  tensors: dict[str, np.ndarray]
-  container: str  # pickle | torchscript | safetensors | npz | hf-directory
-  wrapper: str | None = None  # the unwrapped top-level key (state_dict, model_state, ...)
-  meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # MMAction2 meta etc.
-  hf_config: dict[str, Any] | None = None  # config.json next to HF weights
-  file_metadata: dict[str, str] = dataclasses.field(default_factory=dict)  # safetensors
-  # TorchScript: the class ("module.Name") of every scripted submodule, by attribute path
-  module_classes: dict[str, str] = dataclasses.field(default_factory=dict)
-  timm_config: dict[str, Any] | None = None  # timm hub config.json (``architecture``)
-  open_clip_config: dict[str, Any] | None = None  # open_clip_config.json (``model_cfg``)
-
-
-_STORAGE_DTYPES = {
-  "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-  "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
-  "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-  "BoolStorage": np.bool_,
-}
-
-
-class _ScriptObject:
-  """Stand-in for a TorchScript module or object: records its attributes, runs nothing."""
-
-  def __init__(self, *args):
-    self.state: Any = None
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-  """Unpickles a TorchScript ``data.pkl`` allowing only tensor rebuilding and plain containers.
-
-  ``__torch__.*`` classes (the scripted modules) become inert ``_ScriptObject``s; every other
-  global is refused, so no code from the archive can run.
-  """
-
-  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: Path):
-    super().__init__(io.BytesIO(data))
-    self.archive, self.prefix, self.path = archive, prefix, path
-    self.storages: dict[str, np.ndarray] = {}
-
-  def find_class(self, module: str, name: str):
-    if module == "__torch__" or module.startswith("__torch__."):
-      return type(name, (_ScriptObject,), {"script_class": f"{module}.{name}"})
-    if module == "torch._utils" and name == "_rebuild_tensor_v2":
-      return _rebuild_tensor
-    if module == "torch._utils" and name == "_rebuild_parameter":
-      return lambda data, requires_grad=False, hooks=None: data
-    if module == "collections" and name == "OrderedDict":
-      return OrderedDict
-    if module == "torch" and name in _STORAGE_DTYPES:
-      return name
-    if module == "torch.jit._pickle" and name == "restore_type_tag":
-      return lambda obj, tag: obj
-    if module == "torch.jit._pickle" and name.startswith("build_") and name.endswith("list"):
-      return lambda x: x
-    raise CheckpointError(
-      f"{self.path}: refused to read this TorchScript archive: its data.pkl needs "
-      f"{module}.{name}, which is neither a tensor nor a plain container (nothing was "
-      "executed). Export a state dict once with: torch.save(torch.jit.load(path, "
-      "map_location='cpu').state_dict(), 'out.pth')")
-
-  def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) >= 4 and pid[0] == "storage"):
-      raise CheckpointError(f"{self.path}: unknown persistent id in TorchScript data.pkl")
-    _, kind, key, _location = pid[:4]
-    key = str(key)
-    if key not in self.storages:
-      raw = self.archive.read(f"{self.prefix}data/{key}")
-      dtype = _STORAGE_DTYPES.get(kind)
-      if dtype is None:
-        raise CheckpointError(f"{self.path}: unsupported storage type {kind!r}")
-      if dtype == "bfloat16":  # NumPy has no bfloat16: widen exactly to float32
-        arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-      else:
-        arr = np.frombuffer(raw, dtype)
-      self.storages[key] = arr
-    return self.storages[key]
-
-
-def _rebuild_tensor(storage, offset, size, stride, *rest):
-  flat = np.asarray(storage)
-  if not size:
-    return np.array(flat[offset])
-  view = np.lib.stride_tricks.as_strided(
-    flat[offset:], shape=tuple(size), strides=tuple(s * flat.itemsize for s in stride))
-  return np.array(view)  # a C-contiguous copy
-
-
-def _collect(obj: Any, prefix: str, out: dict[str, np.ndarray],
-             classes: dict[str, str] | None = None) -> None:
-  state = obj.state if isinstance(obj, _ScriptObject) else obj
-  if not isinstance(state, Mapping):
-    return
-  for k, v in state.items():
-    if isinstance(v, np.ndarray):
-      out[prefix + str(k)] = v
-    elif isinstance(v, _ScriptObject):
-      if classes is not None:
-        classes[prefix + str(k)] = getattr(v, "script_class", "")
-      _collect(v, f"{prefix}{k}.", out, classes)
-
-
-def is_torchscript(path: Path) -> bool:
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as z:
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
-
-
-def read_torchscript_tensors(path: str | Path) -> dict[str, np.ndarray]:
-  """Every tensor attribute of a TorchScript archive under its state-dict name, read from
-  ``data.pkl`` + ``data/`` with a restricted unpickler (no code from the archive runs)."""
-  return _read_torchscript(Path(path))[0]
-
-
-def _read_torchscript(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(tensors, submodule classes), the classes read as the archive's class names (with a GELU
-  module's ``approximate`` constant appended from its code text, which is read, not run)."""
-  try:
-    with zipfile.ZipFile(path) as z:
-      pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-      if not pkl:
-        raise CheckpointError(f"{path}: TorchScript archive without data.pkl")
-      prefix = pkl[0][: -len("data.pkl")]
-      order = [n for n in z.namelist() if n == f"{prefix}byteorder"]
-      if order and z.read(order[0]).strip() not in (b"little", b""):
-        raise CheckpointError(f"{path}: big-endian TorchScript archives are not supported")
-      root = _TorchScriptUnpickler(z.read(pkl[0]), z, prefix, path).load()
-  except CheckpointError:
-    raise
-  except Exception as e:  # noqa: BLE001 - one clear message for any damaged archive
-    raise CheckpointError(f"{path}: not a readable TorchScript archive ({e})") from None
-  out: dict[str, np.ndarray] = {}
-  classes: dict[str, str] = {}
-  _collect(root, "", out, classes)
-  if not out:
-    raise CheckpointError(f"{path}: no tensors found in the TorchScript archive")
-  with zipfile.ZipFile(path) as z:
-    names = set(z.namelist())
-    for attr, cls in classes.items():
-      if cls.endswith(".GELU"):
-        # nn.GELU's ``approximate`` is a scripted constant: only its code file has it.
-        code = f"{prefix}code/{cls.rsplit('.', 1)[0].replace('.', '/')}.py"
-        text = z.read(code).decode("utf-8", "replace") if code in names else ""
-        m = re.search(r'approximate\s*:\s*Final\[str\]\s*=\s*"(\w+)"', text)
-        classes[attr] = f"{cls}(approximate={m.group(1) if m else '?'})"
-  return out, classes
-
-
-def _tensors_from(obj: Any, path: Path) -> dict[str, np.ndarray]:
-  if not isinstance(obj, Mapping) or not obj:
-    raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got "
-                          f"{type(obj).__name__}")
-  out, bad = {}, []
-  for k, v in obj.items():
-    if not isinstance(k, str):
-      bad.append(repr(k))
-      continue
-    try:
-      out[k] = C._to_numpy(v)
-    except Exception:  # noqa: BLE001
-      bad.append(f"{k} ({type(v).__name__})")
-    else:
-      if out[k].dtype == object:
-        bad.append(f"{k} ({type(v).__name__})")
-  if bad:
-    raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:10])}")
-  return out
-
-
-def _json_near(path: Path, name: str) -> dict[str, Any] | None:
-  cfg = (path if path.is_dir() else path.parent) / name
-  if cfg.is_file():
-    try:
-      d = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-      return None
-    if isinstance(d, dict):
-      return d
-  return None
-
-
-def _hf_config_near(path: Path) -> dict[str, Any] | None:
-  d = _json_near(path, "config.json")
-  if d is not None and str(d.get("model_type", "")).startswith("clip"):
-    return d
-  return None
-
-
-def _side_configs(src: Source) -> Source:
-  """Attach the configs that hub folders keep next to the weights (timm, open_clip)."""
-  timm = _json_near(src.path, "config.json")
-  if timm is not None and isinstance(timm.get("architecture"), str):
-    src.timm_config = timm
-  open_clip = _json_near(src.path, "open_clip_config.json")
-  if open_clip is not None and isinstance(open_clip.get("model_cfg"), Mapping):
-    src.open_clip_config = open_clip
-  return src
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  from safetensors import safe_open
-
-  try:
-    out = {}
-    with safe_open(str(path), framework="np") as f:
-      meta = dict(f.metadata() or {})
-      for k in f.keys():
-        out[k] = f.get_tensor(k)
-    return out, meta
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
-
-
-def read_source(path: str | Path) -> Source:
-  """Read any supported checkpoint file (or a Hugging Face model directory)."""
-  path = Path(path)
-  if not path.exists():
-    raise CheckpointError(f"{path}: no such file")
-  if path.is_dir():
-    return _side_configs(_read_hf_directory(path))
-  return _side_configs(_read_file(path))
-
-
-def _read_file(path: Path) -> Source:
-  if path.stat().st_size == 0:
-    raise CheckpointError(f"{path}: empty file")
-  suffix = path.suffix.lower()
-  if suffix == ".safetensors":
-    tensors, meta = _read_safetensors(path)
-    return Source(path, tensors, "safetensors", file_metadata=meta,
-                  hf_config=_hf_config_near(path))
-  if suffix == ".npz":
-    return Source(path, C.read_checkpoint(path), "npz")
-  if is_torchscript(path):
-    tensors, classes = _read_torchscript(path)
-    return Source(path, tensors, "torchscript", module_classes=classes)
-  obj = C.read_torch_file(path)
-  wrapper, meta = None, {}
-  if isinstance(obj, Mapping):
-    for w in ("state_dict", "model_state", "model", "module"):
-      if w in obj and isinstance(obj[w], Mapping):
-        wrapper = w
-        if isinstance(obj.get("meta"), Mapping):
-          meta = dict(obj["meta"])
-        obj = obj[w]
-        break
-  src = Source(path, _tensors_from(obj, path), "pickle", wrapper, meta)
-  if suffix == ".bin":
-    src.hf_config = _hf_config_near(path)
-  return src
-
-
-def _read_hf_directory(path: Path) -> Source:
-  cfg = _hf_config_near(path)
-  files: list[Path] = []
-  for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-    if (path / index).is_file():
-      weight_map = json.loads((path / index).read_text()).get("weight_map", {})
-      files = [path / f for f in sorted(set(weight_map.values()))]
-      break
-  if not files:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-      if (path / name).is_file():
-        files = [path / name]
-        break
-  if not files:
-    if (path / "_CHECKPOINT_METADATA").exists() or any(p.name.isdigit() for p in path.iterdir()):
-      raise CheckpointError(f"{path}: this is an Orbax checkpoint directory; to export it give "
-                            "a .pth/.pyth/.safetensors file as --output")
-    raise CheckpointError(f"{path}: a directory, but neither a Hugging Face model directory "
-                          "(config.json + model.safetensors / pytorch_model.bin) nor an Orbax "
-                          "checkpoint")
-  tensors: dict[str, np.ndarray] = {}
-  for f in files:
-    tensors.update(read_source(f).tensors)
-  return Source(path, tensors, "hf-directory", hf_config=cfg)
 
 
 # ============================================================================= detection
@@ -393,112 +109,6 @@ def detect_format(src: Source, requested: str | None = None) -> str:
 
 
 # ============================================================================= model configs
-MMACTION2_BACKBONE_DEFAULTS: dict[str, Any] = {
-  # MMAction2's UniFormerV2.__init__ defaults (differ from the official factories).
-  "input_resolution": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12,
-  "backbone_drop_path_rate": 0.0, "t_size": 8, "kernel_size": 3, "dw_reduction": 1.5,
-  "temporal_downsample": False, "no_lmhra": True, "double_lmhra": False,
-  "return_list": [8, 9, 10, 11], "n_layers": 4, "n_dim": 768, "n_head": 12, "mlp_factor": 4.0,
-  "drop_path_rate": 0.0, "mlp_dropout": [0.5, 0.5, 0.5, 0.5],
-}
-
-
-class _NotLiteral:
-  pass
-
-
-def _literal(node: ast.AST) -> Any:
-  """A Python-literal value of an expression, allowing ``dict(k=v)``; other leaves become
-  ``_NotLiteral`` (nothing is evaluated)."""
-  if isinstance(node, ast.Constant):
-    return node.value
-  if isinstance(node, (ast.List, ast.Tuple)):
-    return [_literal(e) for e in node.elts]
-  if isinstance(node, ast.Dict):
-    pairs = zip(node.keys, node.values, strict=True)
-    return {_literal(k): _literal(v) for k, v in pairs if k is not None}
-  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
-    return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}
-  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-    v = _literal(node.operand)
-    return -v if isinstance(v, (int, float)) else _NotLiteral()
-  return _NotLiteral()
-
-
-def mmaction2_model_dict(meta: Mapping[str, Any]) -> dict[str, Any] | None:
-  """The ``model = ...`` dict of an MMAction2 checkpoint's ``meta['cfg']`` text, if literal."""
-  cfg = meta.get("cfg")
-  if isinstance(cfg, Mapping):
-    return dict(cfg.get("model", cfg))
-  if not isinstance(cfg, str):
-    return None
-  try:
-    tree = ast.parse(cfg)
-  except SyntaxError:
-    return None
-  for stmt in tree.body:
-    if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-        and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "model"):
-      value = _literal(stmt.value)
-      return value if isinstance(value, dict) else None
-  return None
-
-
-def config_from_mmaction2(model: Mapping[str, Any], **overrides) -> ModelConfig:
-  """ModelConfig from an MMAction2 ``Recognizer3D`` model dict (backbone + cls_head)."""
-  b = {**MMACTION2_BACKBONE_DEFAULTS, **dict(model.get("backbone", {}))}
-  head = dict(model.get("cls_head", {}))
-  needed = list(MMACTION2_BACKBONE_DEFAULTS)
-  bad = [k for k in needed if isinstance(b[k], _NotLiteral)]
-  if bad or "num_classes" not in head or isinstance(head["num_classes"], _NotLiteral):
-    raise ValueError("the MMAction2 config in the checkpoint is not plain literals "
-                     f"({bad or ['cls_head.num_classes']}); pass --official-config or --config")
-  kw = dict(
-    num_classes=int(head["num_classes"]), num_frames=int(b["t_size"]),
-    input_resolution=int(b["input_resolution"]), patch_size=int(b["patch_size"]),
-    width=int(b["width"]), layers=int(b["layers"]), heads=int(b["heads"]),
-    temporal_kernel=int(b["kernel_size"]), temporal_downsample=bool(b["temporal_downsample"]),
-    no_lmhra=bool(b["no_lmhra"]), double_lmhra=bool(b["double_lmhra"]),
-    dw_reduction=float(b["dw_reduction"]), return_list=tuple(int(i) for i in b["return_list"]),
-    n_layers=int(b["n_layers"]), n_dim=int(b["n_dim"]), n_head=int(b["n_head"]),
-    mlp_factor=float(b["mlp_factor"]), backbone_drop_path_rate=float(b["backbone_drop_path_rate"]),
-    drop_path_rate=float(b["drop_path_rate"]),
-    mlp_dropout=tuple(float(p) for p in b["mlp_dropout"]),
-    cls_dropout=float(head.get("dropout_ratio", 0.0)),
-  )
-  kw.update(overrides)
-  return ModelConfig(**kw)
-
-
-def mmaction2_config_text(cfg: ModelConfig) -> str:
-  """``model = {...}`` (Python-literal text) of the MMAction2 model equivalent to ``cfg``.
-
-  MMAction2 has no FROZEN option: the exported ``balance`` of -1e4 emulates it exactly.
-  """
-  import pprint
-
-  model = {
-    "type": "Recognizer3D",
-    "backbone": {
-      "type": "UniFormerV2", "input_resolution": cfg.input_resolution,
-      "patch_size": cfg.patch_size, "width": cfg.width, "layers": cfg.layers,
-      "heads": cfg.heads, "t_size": cfg.num_frames, "kernel_size": cfg.temporal_kernel,
-      "dw_reduction": cfg.dw_reduction, "backbone_drop_path_rate": cfg.backbone_drop_path_rate,
-      "temporal_downsample": cfg.temporal_downsample, "no_lmhra": cfg.no_lmhra,
-      "double_lmhra": cfg.double_lmhra, "return_list": list(cfg.return_list),
-      "n_layers": cfg.n_layers, "n_dim": cfg.n_dim, "n_head": cfg.n_head,
-      "mlp_factor": cfg.mlp_factor, "drop_path_rate": cfg.drop_path_rate,
-      "mlp_dropout": list(cfg.mlp_dropout), "clip_pretrained": False,
-    },
-    "cls_head": {"type": "UniFormerHead", "dropout_ratio": cfg.cls_dropout,
-                 "num_classes": cfg.num_classes, "in_channels": cfg.n_dim,
-                 "average_clips": "prob"},
-    "data_preprocessor": {"type": "ActionDataPreprocessor", "mean": [114.75] * 3,
-                          "std": [57.375] * 3, "format_shape": "NCTHW"},
-  }
-  return "model = " + pprint.pformat(model, sort_dicts=False)
-
-
 def config_from_source(src: Source, fmt: str) -> ModelConfig | None:
   """A model config carried by the checkpoint itself, if any (MMAction2 meta, our safetensors
   export metadata)."""
@@ -508,9 +118,9 @@ def config_from_source(src: Source, fmt: str) -> ModelConfig | None:
     if isinstance(meta.get(CONFIG_META_KEY), str):
       return config_from_json(json.loads(meta[CONFIG_META_KEY]))
   if fmt == "mmaction2" and src.meta:
-    model = mmaction2_model_dict(src.meta)
+    model = mapping.mmaction2_model_dict(src.meta)
     if model is not None:
-      return config_from_mmaction2(model)
+      return mapping.config_from_mmaction2(model)
   return None
 
 
@@ -528,51 +138,6 @@ class Converted:
   cast: list[str] = dataclasses.field(default_factory=list)  # cast to float32
   notes: list[str] = dataclasses.field(default_factory=list)
   partial: bool = False  # only part of the model comes from the checkpoint (CLIP-like)
-
-
-def _apply_rules(tensors: Mapping[str, np.ndarray], rules, ignored_patterns, outside_prefix: str,
-                 outside_ignored=()) -> tuple[dict[str, np.ndarray], list[str], list[str], int]:
-  """Rename a foreign ViT state dict with a rule table. Returns (visual dict with official
-  names, ignored source keys, unknown source keys, renamed count)."""
-  parts: dict[str, dict[str, np.ndarray]] = {}
-  out: dict[str, np.ndarray] = {}
-  ignored, unknown = [], []
-  renamed = 0
-  for key, value in tensors.items():
-    if outside_prefix and not key.startswith(outside_prefix):
-      if any(re.fullmatch(p, key) for p in outside_ignored):
-        ignored.append(key)
-      else:
-        unknown.append(key)
-      continue
-    k = key[len(outside_prefix):]
-    if any(re.fullmatch(p, k) for p in ignored_patterns):
-      ignored.append(key)
-      continue
-    for pattern, template, transform in rules:
-      m = re.fullmatch(pattern, k)
-      if m is None:
-        continue
-      target = m.expand(template)
-      renamed += target != key
-      if transform.startswith("pack_"):
-        parts.setdefault(target, {})[transform[-1]] = value
-      elif transform == "squeeze":  # drop leading length-1 axes
-        shape = list(value.shape)
-        while len(shape) > 1 and shape[0] == 1:
-          shape.pop(0)
-        out[target] = value.reshape(shape)
-      else:
-        out[target] = value
-      break
-    else:
-      unknown.append(key)
-  for target, qkv in parts.items():
-    if set(qkv) != {"q", "k", "v"}:
-      raise CheckpointError(f"{target}: the source has only the {sorted(qkv)} projection(s) of "
-                            "q, k, v")
-    out[target] = np.concatenate([qkv["q"], qkv["k"], qkv["v"]], axis=0)
-  return out, ignored, unknown, renamed
 
 
 # ============================================================================= CLIP activation
@@ -699,32 +264,33 @@ def clip_visual(src: Source, fmt: str, cfg: ModelConfig) -> tuple[
   notes: list[str] = []
   if fmt == "clip":
     full = any(k.startswith("visual.") for k in t)
-    rules = [(r"(.*)", r"\1", "identity")]
-    ignored_visual = [re.escape(k) for k in C.CLIP_VISUAL_IGNORED] + [r".*\.attn_mask"]
+    rules, ignored_visual = mapping.OPENAI_CLIP_RULES, mapping.OPENAI_CLIP_IGNORED
     if full:  # text tower, logit_scale and the integer scalars are all outside visual.
-      visual, ignored, unknown, renamed = _apply_rules(t, rules, ignored_visual, "visual.",
-                                                       outside_ignored=(r".*",))
+      visual, ignored, unknown, renamed = mapping.rename_by_rules(
+        t, rules, ignored_visual, "visual.", outside_ignored=(r".*",))
     else:
-      visual, ignored, unknown, renamed = _apply_rules(t, rules, ignored_visual, "")
+      visual, ignored, unknown, renamed = mapping.rename_by_rules(t, rules, ignored_visual, "")
     if cfg.heads != cfg.width // 64:
       notes.append(f"OpenAI CLIP towers use width // 64 = {cfg.width // 64} heads; the config has "
                    f"{cfg.heads}")
   elif fmt == "hf":
     notes += _check_hf_config(src, cfg)
     prefix = "vision_model." if any(k.startswith("vision_model.") for k in t) else ""
-    visual, ignored, unknown, renamed = _apply_rules(
-      t, C.HF_CLIP_VISION_RULES, C.HF_CLIP_IGNORED, prefix, C.HF_CLIP_OUTSIDE_IGNORED)
+    visual, ignored, unknown, renamed = mapping.rename_by_rules(
+      t, mapping.HF_CLIP_VISION_RULES, mapping.HF_CLIP_IGNORED, prefix,
+      mapping.HF_CLIP_OUTSIDE_IGNORED)
   elif fmt == "timm":
     tensors = dict(t)
-    bias = tensors.pop(C.TIMM_PATCH_BIAS, None)
-    visual, ignored, unknown, renamed = _apply_rules(tensors, C.TIMM_CLIP_RULES,
-                                                     C.TIMM_CLIP_IGNORED, "")
+    bias = tensors.pop(mapping.TIMM_PATCH_BIAS, None)
+    visual, ignored, unknown, renamed = mapping.rename_by_rules(
+      tensors, mapping.TIMM_CLIP_RULES, mapping.TIMM_CLIP_IGNORED, "")
     if bias is not None:
       if np.any(np.asarray(bias) != 0):
         raise CheckpointError(
-          f"{src.path}: {C.TIMM_PATCH_BIAS} is non-zero (max |b| {np.abs(bias).max():.3g}); the "
-          "model's patch embedding (like OpenAI CLIP's) has no bias")
-      ignored.append(C.TIMM_PATCH_BIAS)
+          f"{src.path}: {mapping.TIMM_PATCH_BIAS} is non-zero (max |b| "
+          f"{np.abs(bias).max():.3g}); the model's patch embedding (like OpenAI CLIP's) has no "
+          "bias")
+      ignored.append(mapping.TIMM_PATCH_BIAS)
   else:
     raise ValueError(fmt)
   return visual, ignored, unknown, notes, renamed
@@ -735,32 +301,32 @@ def convert_source(src: Source, fmt: str, cfg: ModelConfig, *,
   """Any supported source -> official-key state dict for ``cfg``, strictly checked."""
   name = str(src.path)
   if fmt == "official":
-    state = OrderedDict(C.strip_prefix(src.tensors))
-    C.check_keys(state, cfg, allow_missing=allow_missing, source=name)
+    state = OrderedDict(mapping.strip_prefix(src.tensors))
+    mapping.check_keys(state, cfg, allow_missing=allow_missing, source=name)
     return Converted(fmt, state)
   if fmt == "mmaction2":
-    full, notes = C.official_from_mmaction2(src.tensors, cfg)
-    renamed = sum(1 for k in src.tensors if k in {m for _, m in C.MMACTION2_RENAMES})
+    full, notes = mapping.official_from_mmaction2(src.tensors, cfg)
+    renamed = sum(1 for k in src.tensors if k in {m for _, m in mapping.MMACTION2_RENAMES})
     dropped = [n.split(":")[0] for n in notes]
-    state = OrderedDict(C.strip_prefix(full))
-    C.check_keys(state, cfg, allow_missing=allow_missing, source=name)
+    state = OrderedDict(mapping.strip_prefix(full))
+    mapping.check_keys(state, cfg, allow_missing=allow_missing, source=name)
     return Converted(fmt, state, ignored=dropped, renamed=renamed, notes=notes)
   if fmt not in CLIP_LIKE:
     raise CheckpointError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
   visual, ignored, unknown, notes, renamed = clip_visual(src, fmt, cfg)
   res = Converted(fmt, OrderedDict(), ignored=ignored, renamed=renamed, notes=notes, partial=True)
-  want = C.expected_torch_shapes(cfg)
+  want = mapping.expected_torch_shapes(cfg)
   for key in list(visual):
     a = np.asarray(visual[key])
     if key == "conv1.weight" and a.ndim == 4:
-      a = C.inflate_patch_kernel(a, cfg.kt)
+      a = mapping.inflate_patch_kernel(a, cfg.kt)
       res.inflated.append(f"conv1.weight {list(visual[key].shape)} -> {list(a.shape)} (centre "
                           f"of kt={cfg.kt})")
     if (key == "positional_embedding" and a.ndim == 2 and a.shape[0] != cfg.tokens
         and a.shape[1] == cfg.width):
       g = int(round((a.shape[0] - 1) ** 0.5))
       if g * g == a.shape[0] - 1:
-        b = C.resize_positional_embedding(a, cfg.grid)
+        b = mapping.resize_positional_embedding(a, cfg.grid)
         msg = (f"positional_embedding resized {list(a.shape)} -> {list(b.shape)}: grid "
                f"{g}x{g} -> {cfg.grid}x{cfg.grid} by bicubic interpolation (class-token row "
                "kept); the official loader would leave it at random init")
@@ -776,8 +342,8 @@ def convert_source(src: Source, fmt: str, cfg: ModelConfig, *,
     raise CheckpointError(
       f"{name}: {len(unknown)} key(s) of this {fmt} checkpoint have no counterpart in the "
       "model:\n" + "\n".join(f"  {k}  {list(np.shape(src.tensors[k]))}" for k in unknown))
-  C.check_keys(res.state, cfg, allow_missing=True, source=name)  # unexpected / wrong shape
-  missing = [k for k in C.clip_derived_keys(cfg) if k not in res.state]
+  mapping.check_keys(res.state, cfg, allow_missing=True, source=name)  # unexpected / wrong shape
+  missing = [k for k in mapping.clip_derived_keys(cfg) if k not in res.state]
   if missing and not allow_missing:
     raise CheckpointError(
       f"{name}: {len(missing)} CLIP image-tower key(s) missing for a {cfg.layers}-layer, width "
@@ -841,7 +407,7 @@ def import_model(path: str | Path, cfg: ModelConfig | None = None, fmt: str | No
                         "hard-code QuickGELU)"))
   conv = convert_source(src, fmt, cfg, allow_missing=allow_missing)
   conv.notes[:0] = notes
-  flat = C.flax_from_torch(conv.state, cfg, allow_missing=allow_missing or conv.partial,
+  flat = mapping.flax_from_torch(conv.state, cfg, allow_missing=allow_missing or conv.partial,
                            source=str(src.path))
   from uniformerv2_jax.model import create_model
 
@@ -849,13 +415,13 @@ def import_model(path: str | Path, cfg: ModelConfig | None = None, fmt: str | No
     model = create_model(cfg, seed, values=flat)
   except ValueError as e:
     raise CheckpointError(str(e)) from None
-  kept = [e.key for e in C.entries(cfg) if e.rule.flax not in flat]
+  kept = [e.key for e in mapping.entries(cfg) if e.rule.flax not in flat]
   return Imported(model, cfg, src, conv, flat, kept)
 
 
 def official_state(model) -> OrderedDict[str, np.ndarray]:
   """The official flat state dict (``backbone.*``, official order, NumPy) of a model."""
-  return C.torch_from_flax(flat_state(model), model.cfg)
+  return mapping.torch_from_flax(flat_state(model), model.cfg)
 
 
 def export_state(model, fmt: str = "official") -> OrderedDict[str, np.ndarray]:
@@ -863,7 +429,7 @@ def export_state(model, fmt: str = "official") -> OrderedDict[str, np.ndarray]:
   if fmt == "official":
     return sd
   if fmt == "mmaction2":
-    return C.mmaction2_from_official(sd, model.cfg)
+    return mapping.mmaction2_from_official(sd, model.cfg)
   raise CheckpointError(f"export writes the official or the mmaction2 layout, not {fmt!r}")
 
 
@@ -882,29 +448,25 @@ def write_state(path: str | Path, sd: Mapping[str, np.ndarray], cfg: ModelConfig
       f"{path}: the model's backbone uses activation {cfg.activation}, which the official code "
       "and MMAction2 cannot run and a .pth/.pyth/.npz file cannot record; export it as an "
       "official-layout .safetensors (its metadata carries the config)")
-  path.parent.mkdir(parents=True, exist_ok=True)
   meta = {k: str(v) for k, v in (meta or {}).items()}
-  if suffix == ".safetensors":
-    from safetensors.numpy import save_file
+  ours = {CONFIG_META_KEY: json.dumps(config_to_json(cfg))}
+  wrapper = None
+  if fmt == "mmaction2":
+    # MMAction2 reads ``cfg``; our own config rides along (it knows FROZEN, MMAction2 not).
+    wrapper = {"meta": {"cfg": mapping.mmaction2_config_text(cfg), **ours, **meta}}
+  return write_tensors(path, sd, metadata={**ours, **meta}, torch_wrapper=wrapper,
+                       progress=progress)
 
-    info = {"format": "pt", CONFIG_META_KEY: json.dumps(config_to_json(cfg)), **meta}
-    save_file({k: np.array(v, order="C") for k, v in sd.items()}, str(path), metadata=info)
-  elif suffix == ".npz":
-    np.savez(path, **sd)
-  elif suffix in TORCH_SUFFIXES:
-    import torch
-    from tqdm import tqdm
 
-    items = tqdm(sd.items(), total=len(sd), desc="tensors", unit="t", disable=not progress)
-    tensors = OrderedDict((k, torch.from_numpy(np.array(v, order="C"))) for k, v in items)
-    if fmt == "mmaction2":
-      # MMAction2 reads ``cfg``; our own config rides along (it knows FROZEN, MMAction2 not).
-      full_meta = {"cfg": mmaction2_config_text(cfg),
-                   CONFIG_META_KEY: json.dumps(config_to_json(cfg)), **meta}
-      torch.save({"meta": full_meta, "state_dict": tensors}, path)
-    else:
-      torch.save(tensors, path)
-  else:
-    raise CheckpointError(f"{path}: unknown output type {suffix!r}; use .pth, .pyth, .pt, "
-                          ".safetensors or .npz (or a directory for an Orbax checkpoint)")
-  return path
+def load_official(path: str | Path, official_config: Mapping[str, Any] | str | Path,
+                  **overrides) -> UniFormerV2:
+  """Load an official UniFormerV2 checkpoint strictly. Returns the NNX model in eval mode.
+
+  ``official_config``: dict (or JSON path) with the official names (``MODEL``, ``DATA``,
+  ``UNIFORMERV2`` and optionally ``backbone_arch``). ``path``: ``.pth``/``.pyth``/``.npz``/
+  ``.safetensors``, flat ``backbone.*`` keys or wrapped in ``model_state``.
+  """
+  cfg = config_from_official(official_config, **overrides)
+  sd = mapping.strip_prefix(read_checkpoint(path))
+  flat = mapping.flax_from_torch(sd, cfg, source=str(path))
+  return mapping.model_from_flax(flat, cfg)

@@ -213,7 +213,7 @@ def _check_model(config_model: Mapping[str, Any], cfg: ModelConfig, checkpoint: 
 
 def _adapt_resolution(model: UniFormerV2, size: int) -> UniFormerV2:
   """The same weights at input resolution ``size``: the positional embedding's patch grid is
-  resized bicubically (``convert.resize_positional_embedding``); nothing else depends on it."""
+  resized bicubically (``mapping.resize_positional_embedding``); nothing else depends on it."""
   from uniformerv2_jax.mapping import resize_positional_embedding
   from uniformerv2_jax.model import create_model
   from uniformerv2_jax.trees import flat_state

@@ -1,19 +1,31 @@
 """PyTorch <-> Flax weights for UniFormerV2: ONE mapping table serving both directions.
 
+This module owns what the tensors mean; reading and writing files is ``checkpoint_files.py``'s,
+choosing a format and building a model ``convert.py``'s.
+
 Every official state-dict key (``backbone.`` prefix dropped) has one rule: the Flax state path,
 whether the tensor is one slice of a stacked layer axis, and a named transform whose forward
 (torch -> flax) and inverse (flax -> torch) are pure transposes / reshapes / casts, so a round
-trip is bit-exact. Loading is strict: missing, unexpected and wrongly shaped keys are collected
-and reported together in one error.
+trip is bit-exact. ``flax_from_torch`` (import) and ``torch_from_flax`` (export) both walk this
+table. Loading is strict: missing, unexpected and wrongly shaped keys are collected and
+reported together in one error.
+
+The other layouts are mapped onto the official names only, never onto Flax paths, so the table
+stays the one place that knows the Flax side:
+  MMAction2   a rename list read in both directions (plus the frozen-model ``balance``), and its
+              model config text <-> ``ModelConfig``.
+  CLIP towers (OpenAI, Hugging Face, timm) rename tables for import, the centre inflation of
+              the patch kernel and the bicubic resize of the positional embedding.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import zipfile
+import pprint
+import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -21,15 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig, UniFormerV2, create_model
 from uniformerv2_jax.trees import flat_state
-from uniformerv2_jax.variants import config_from_official
 
 PREFIX = "backbone."
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read or does not fit the model (the message says why)."""
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -184,7 +192,7 @@ def entries(cfg: ModelConfig) -> Iterator[Entry]:
     i += len(group)
 
 
-# ----------------------------------------------------------------------------- model state I/O
+# ----------------------------------------------------------------------------- applying the table
 def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Official key -> (shape, dtype) for this config, derived from the table (no memory)."""
   abstract = nnx.eval_shape(lambda: create_model(cfg))
@@ -307,119 +315,6 @@ def model_from_flax(flat: Mapping[tuple[str, ...], Any], cfg: ModelConfig, *,
     raise CheckpointError(str(e)) from None
 
 
-# ----------------------------------------------------------------------------- file readers
-_WRAPPERS = ("model_state", "state_dict", "model")
-
-
-def _to_numpy(t) -> np.ndarray:
-  if isinstance(t, np.ndarray):
-    return t
-  import torch  # only reached for objects torch.load returned
-
-  if isinstance(t, torch.Tensor):
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-      return t.float().numpy()  # NumPy has no bfloat16; float32 holds it exactly
-    return t.numpy()
-  return np.asarray(t)
-
-
-def read_torch_file(path: str | Path) -> Any:
-  """``torch.load(path, weights_only=True)``: a pickle that needs any code is refused."""
-  path = Path(path)
-  try:
-    import torch
-  except ImportError:  # pragma: no cover - torch is a dev dependency
-    raise CheckpointError(
-      f"{path}: reading a PyTorch file needs torch (pip install torch); or convert it once "
-      "to .npz / .safetensors") from None
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as z:
-      names = z.namelist()
-    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-      raise CheckpointError(
-        f"{path}: this is a TorchScript archive (e.g. an OpenAI CLIP release file). Its tensors "
-        "are read by the converter's TorchScript reader (convert_torch_weights.py); or export "
-        "a state dict once with: torch.save(torch.jit.load(path, map_location='cpu')"
-        ".state_dict(), 'out.pth')")
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-      raise CheckpointError(
-        f"{path}: refused to unpickle: the file needs code or objects other than tensors and "
-        f"plain containers (nothing was executed). Detail: {msg}") from None
-    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
-
-
-def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-  """Read a flat {key: array} from ``.pth/.pyth/.pt/.bin`` (torch), ``.npz`` or ``.safetensors``.
-
-  Wrappers ``{'model_state': ...}`` (official training checkpoints) and
-  ``{'state_dict': ...}`` (MMAction2) are unwrapped.
-  """
-  path = Path(path)
-  if not path.exists():
-    raise CheckpointError(f"{path}: no such file")
-  if path.is_dir():
-    raise CheckpointError(f"{path}: is a directory; Orbax checkpoints load with "
-                          "uniformerv2_jax.load_checkpoint(dir)")
-  if path.stat().st_size == 0:
-    raise CheckpointError(f"{path}: empty file")
-  suffix = path.suffix.lower()
-  if suffix == ".npz":
-    try:
-      with np.load(path, allow_pickle=False) as z:
-        obj = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{path}: not a readable .npz file ({e})") from None
-  elif suffix == ".safetensors":
-    from safetensors.numpy import load_file
-
-    try:
-      obj = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
-  else:
-    obj = read_torch_file(path)
-  for w in _WRAPPERS:
-    if isinstance(obj, Mapping) and w in obj and isinstance(obj[w], Mapping):
-      obj = obj[w]
-      break
-  if not isinstance(obj, Mapping) or not obj:
-    raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got "
-                          f"{type(obj).__name__}")
-  out = {}
-  bad = []
-  for k, v in obj.items():
-    if not isinstance(k, str):
-      bad.append(repr(k))
-      continue
-    try:
-      out[k] = _to_numpy(v)
-    except Exception:  # noqa: BLE001
-      bad.append(f"{k} ({type(v).__name__})")
-  if bad:
-    raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:10])}")
-  return out
-
-
-# ----------------------------------------------------------------------------- public entry
-def load_official(path: str | Path, official_config: Mapping[str, Any] | str | Path,
-                  **overrides) -> UniFormerV2:
-  """Load an official UniFormerV2 checkpoint strictly. Returns the NNX model in eval mode.
-
-  ``official_config``: dict (or JSON path) with the official names (``MODEL``, ``DATA``,
-  ``UNIFORMERV2`` and optionally ``backbone_arch``). ``path``: ``.pth``/``.pyth``/``.npz``/
-  ``.safetensors``, flat ``backbone.*`` keys or wrapped in ``model_state``.
-  """
-  cfg = config_from_official(official_config, **overrides)
-  sd = strip_prefix(read_checkpoint(path))
-  flat = flax_from_torch(sd, cfg, source=str(path))
-  return model_from_flax(flat, cfg)
-
-
 # ============================================================================= foreign layouts
 # Data tables for the other checkpoint layouts the converter reads and writes. Each is a pure
 # key-name mapping onto the official names above (``backbone.`` prefix dropped unless stated), so
@@ -482,6 +377,112 @@ def official_from_mmaction2(sd: Mapping[str, Any], cfg: ModelConfig) -> tuple[
   return out, notes
 
 
+# MMAction2 model configs <-> ModelConfig: the checkpoint's ``meta['cfg']`` is Python text, read
+# as literals only (nothing evaluated); an export writes the equivalent text.
+MMACTION2_BACKBONE_DEFAULTS: dict[str, Any] = {
+  # MMAction2's UniFormerV2.__init__ defaults (differ from the official factories).
+  "input_resolution": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12,
+  "backbone_drop_path_rate": 0.0, "t_size": 8, "kernel_size": 3, "dw_reduction": 1.5,
+  "temporal_downsample": False, "no_lmhra": True, "double_lmhra": False,
+  "return_list": [8, 9, 10, 11], "n_layers": 4, "n_dim": 768, "n_head": 12, "mlp_factor": 4.0,
+  "drop_path_rate": 0.0, "mlp_dropout": [0.5, 0.5, 0.5, 0.5],
+}
+
+
+class _NotLiteral:
+  pass
+
+
+def _literal(node: ast.AST) -> Any:
+  """A Python-literal value of an expression, allowing ``dict(k=v)``; other leaves become
+  ``_NotLiteral`` (nothing is evaluated)."""
+  if isinstance(node, ast.Constant):
+    return node.value
+  if isinstance(node, (ast.List, ast.Tuple)):
+    return [_literal(e) for e in node.elts]
+  if isinstance(node, ast.Dict):
+    pairs = zip(node.keys, node.values, strict=True)
+    return {_literal(k): _literal(v) for k, v in pairs if k is not None}
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+    return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+    v = _literal(node.operand)
+    return -v if isinstance(v, (int, float)) else _NotLiteral()
+  return _NotLiteral()
+
+
+def mmaction2_model_dict(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The ``model = ...`` dict of an MMAction2 checkpoint's ``meta['cfg']`` text, if literal."""
+  cfg = meta.get("cfg")
+  if isinstance(cfg, Mapping):
+    return dict(cfg.get("model", cfg))
+  if not isinstance(cfg, str):
+    return None
+  try:
+    tree = ast.parse(cfg)
+  except SyntaxError:
+    return None
+  for stmt in tree.body:
+    if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "model"):
+      value = _literal(stmt.value)
+      return value if isinstance(value, dict) else None
+  return None
+
+
+def config_from_mmaction2(model: Mapping[str, Any], **overrides) -> ModelConfig:
+  """ModelConfig from an MMAction2 ``Recognizer3D`` model dict (backbone + cls_head)."""
+  b = {**MMACTION2_BACKBONE_DEFAULTS, **dict(model.get("backbone", {}))}
+  head = dict(model.get("cls_head", {}))
+  needed = list(MMACTION2_BACKBONE_DEFAULTS)
+  bad = [k for k in needed if isinstance(b[k], _NotLiteral)]
+  if bad or "num_classes" not in head or isinstance(head["num_classes"], _NotLiteral):
+    raise ValueError("the MMAction2 config in the checkpoint is not plain literals "
+                     f"({bad or ['cls_head.num_classes']}); pass --official-config or --config")
+  kw = dict(
+    num_classes=int(head["num_classes"]), num_frames=int(b["t_size"]),
+    input_resolution=int(b["input_resolution"]), patch_size=int(b["patch_size"]),
+    width=int(b["width"]), layers=int(b["layers"]), heads=int(b["heads"]),
+    temporal_kernel=int(b["kernel_size"]), temporal_downsample=bool(b["temporal_downsample"]),
+    no_lmhra=bool(b["no_lmhra"]), double_lmhra=bool(b["double_lmhra"]),
+    dw_reduction=float(b["dw_reduction"]), return_list=tuple(int(i) for i in b["return_list"]),
+    n_layers=int(b["n_layers"]), n_dim=int(b["n_dim"]), n_head=int(b["n_head"]),
+    mlp_factor=float(b["mlp_factor"]), backbone_drop_path_rate=float(b["backbone_drop_path_rate"]),
+    drop_path_rate=float(b["drop_path_rate"]),
+    mlp_dropout=tuple(float(p) for p in b["mlp_dropout"]),
+    cls_dropout=float(head.get("dropout_ratio", 0.0)),
+  )
+  kw.update(overrides)
+  return ModelConfig(**kw)
+
+
+def mmaction2_config_text(cfg: ModelConfig) -> str:
+  """``model = {...}`` (Python-literal text) of the MMAction2 model equivalent to ``cfg``.
+
+  MMAction2 has no FROZEN option: the exported ``balance`` of -1e4 emulates it exactly.
+  """
+  model = {
+    "type": "Recognizer3D",
+    "backbone": {
+      "type": "UniFormerV2", "input_resolution": cfg.input_resolution,
+      "patch_size": cfg.patch_size, "width": cfg.width, "layers": cfg.layers,
+      "heads": cfg.heads, "t_size": cfg.num_frames, "kernel_size": cfg.temporal_kernel,
+      "dw_reduction": cfg.dw_reduction, "backbone_drop_path_rate": cfg.backbone_drop_path_rate,
+      "temporal_downsample": cfg.temporal_downsample, "no_lmhra": cfg.no_lmhra,
+      "double_lmhra": cfg.double_lmhra, "return_list": list(cfg.return_list),
+      "n_layers": cfg.n_layers, "n_dim": cfg.n_dim, "n_head": cfg.n_head,
+      "mlp_factor": cfg.mlp_factor, "drop_path_rate": cfg.drop_path_rate,
+      "mlp_dropout": list(cfg.mlp_dropout), "clip_pretrained": False,
+    },
+    "cls_head": {"type": "UniFormerHead", "dropout_ratio": cfg.cls_dropout,
+                 "num_classes": cfg.num_classes, "in_channels": cfg.n_dim,
+                 "average_clips": "prob"},
+    "data_preprocessor": {"type": "ActionDataPreprocessor", "mean": [114.75] * 3,
+                          "std": [57.375] * 3, "format_shape": "NCTHW"},
+  }
+  return "model = " + pprint.pformat(model, sort_dicts=False)
+
+
 # --- OpenAI CLIP image tower ------------------------------------------------------------------
 # The official recipe's extraction: the keys of ``visual.*`` without the prefix are exactly the
 # official UniFormerV2 backbone keys below; ``proj`` and ``ln_post`` are dropped.
@@ -492,6 +493,10 @@ CLIP_BLOCK_KEYS = ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.we
                    "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight",
                    "ln_2.bias")
 CLIP_VISUAL_IGNORED = ("proj", "ln_post.weight", "ln_post.bias")
+# As rename rules (format below): every tower key keeps its name; the attention-mask buffer
+# some CLIP builds save is not a weight.
+OPENAI_CLIP_RULES: tuple[tuple[str, str, str], ...] = ((r"(.*)", r"\1", "identity"),)
+OPENAI_CLIP_IGNORED = tuple(re.escape(k) for k in CLIP_VISUAL_IGNORED) + (r".*\.attn_mask",)
 
 
 def clip_derived_keys(cfg: ModelConfig) -> list[str]:
@@ -557,6 +562,54 @@ TIMM_CLIP_IGNORED = (r"norm\.(weight|bias)", r"fc_norm\.(weight|bias)", r"head\.
 # A patch-embedding bias is accepted (and dropped) only when it is exactly zero: the model
 # (like OpenAI CLIP) has none.
 TIMM_PATCH_BIAS = "patch_embed.proj.bias"
+
+
+def rename_by_rules(tensors: Mapping[str, np.ndarray], rules: Sequence[tuple[str, str, str]],
+                    ignored_patterns: Sequence[str], outside_prefix: str,
+                    outside_ignored: Sequence[str] = ()) -> tuple[
+                      dict[str, np.ndarray], list[str], list[str], int]:
+  """Rename a foreign ViT state dict with one of the rule tables above (``outside_prefix``: the
+  tower's prefix; keys outside it are ignored if they match ``outside_ignored``). Returns
+  (visual dict with official names, ignored source keys, unknown source keys, renamed count)."""
+  parts: dict[str, dict[str, np.ndarray]] = {}
+  out: dict[str, np.ndarray] = {}
+  ignored, unknown = [], []
+  renamed = 0
+  for key, value in tensors.items():
+    if outside_prefix and not key.startswith(outside_prefix):
+      if any(re.fullmatch(p, key) for p in outside_ignored):
+        ignored.append(key)
+      else:
+        unknown.append(key)
+      continue
+    k = key[len(outside_prefix):]
+    if any(re.fullmatch(p, k) for p in ignored_patterns):
+      ignored.append(key)
+      continue
+    for pattern, template, transform in rules:
+      m = re.fullmatch(pattern, k)
+      if m is None:
+        continue
+      target = m.expand(template)
+      renamed += target != key
+      if transform.startswith("pack_"):
+        parts.setdefault(target, {})[transform[-1]] = value
+      elif transform == "squeeze":  # drop leading length-1 axes
+        shape = list(value.shape)
+        while len(shape) > 1 and shape[0] == 1:
+          shape.pop(0)
+        out[target] = value.reshape(shape)
+      else:
+        out[target] = value
+      break
+    else:
+      unknown.append(key)
+  for target, qkv in parts.items():
+    if set(qkv) != {"q", "k", "v"}:
+      raise CheckpointError(f"{target}: the source has only the {sorted(qkv)} projection(s) of "
+                            "q, k, v")
+    out[target] = np.concatenate([qkv["q"], qkv["k"], qkv["v"]], axis=0)
+  return out, ignored, unknown, renamed
 
 
 def inflate_patch_kernel(w2d: np.ndarray, kt: int) -> np.ndarray:
