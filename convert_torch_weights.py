@@ -267,7 +267,7 @@ def verify_import(imp, dst: Path, verbose: bool, tol: float = 1e-5) -> bool:
 
 
 def verify_export(model, sd, out: Path, fmt: str, verbose: bool, tol: float = 1e-5) -> bool:
-  from uniformerv2_jax import formats as F
+  from uniformerv2_jax import convert
   from uniformerv2_jax.checkpoint_files import read_source
 
   say("verify: reloading " + str(out))
@@ -289,7 +289,7 @@ def verify_export(model, sd, out: Path, fmt: str, verbose: bool, tol: float = 1e
       f"{got.dtype}{list(got.shape)} vs {np.asarray(v).dtype}{list(np.shape(v))}")
     rows.append((k, _max_diff(got, v), problem))
   ok &= _report(rows, verbose, f"tensors in {out.name} vs the Orbax checkpoint")
-  back = F.import_model(out, model.cfg, fmt, src=src)
+  back = convert.import_model(out, model.cfg, fmt, src=src)
   d = _max_diff(_forward(model), _forward(back.model))
   say(f"  forward on a random clip: max |logits diff| {d:.3g} (Orbax model vs the exported file "
       "loaded back)")
@@ -307,7 +307,7 @@ def _is_orbax_dir(path: Path) -> bool:
 
 
 def run_import(args, src_path: Path, dst: Path) -> int:
-  from uniformerv2_jax import formats as F
+  from uniformerv2_jax import convert
   from uniformerv2_jax.checkpoint import save_model
 
   if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
@@ -317,7 +317,7 @@ def run_import(args, src_path: Path, dst: Path) -> int:
       raise UsageError(f"{dst} exists and is not an Orbax checkpoint; refusing to replace it")
     shutil.rmtree(dst)
   cfg = resolve_config(args)
-  imp = F.import_model(src_path, cfg, args.format, allow_missing=args.allow_missing,
+  imp = convert.import_model(src_path, cfg, args.format, allow_missing=args.allow_missing,
                        seed=args.seed, clip_activation=args.clip_activation)
   extra = {"source": "convert_torch_weights.py", "format": imp.converted.fmt,
            "converted_from": str(src_path.resolve()),
@@ -334,7 +334,7 @@ def run_import(args, src_path: Path, dst: Path) -> int:
 
 
 def run_export(args, src_dir: Path, out: Path) -> int:
-  from uniformerv2_jax import formats as F
+  from uniformerv2_jax import convert
   from uniformerv2_jax.checkpoint import load_checkpoint, read_config
 
   if args.official_config or args.config:
@@ -351,13 +351,13 @@ def run_export(args, src_dir: Path, out: Path) -> int:
     raise UsageError(f"{out} exists; pass --overwrite to replace it")
   model = load_checkpoint(src_dir.resolve())
   info = read_config(src_dir.resolve())
-  sd = F.export_state(model, fmt)
+  sd = convert.export_state(model, fmt)
   meta = {"converted_from": str(src_dir.resolve()), "note": "exported by uniformerv2_jax "
           "convert_torch_weights.py"}
   if info.get("converted_from"):
     meta["original_source"] = str(info["converted_from"])
   progress = sum(np.asarray(v).nbytes for v in sd.values()) > PROGRESS_BYTES
-  F.write_state(out, sd, model.cfg, fmt, meta=meta if fmt == "mmaction2" or
+  convert.write_state(out, sd, model.cfg, fmt, meta=meta if fmt == "mmaction2" or
                 out.suffix.lower() == ".safetensors" else None, progress=progress)
   say(f"source: {src_dir} (Orbax, {len(sd)} tensors)")
   say(f"wrote: {out} ({fmt} layout, {len(sd)} tensors"

@@ -18,8 +18,7 @@ import torch
 from flax import nnx
 
 from tests.conftest import FIXTURES
-from uniformerv2_jax import checkpoint_files, mapping
-from uniformerv2_jax import formats as F
+from uniformerv2_jax import checkpoint_files, convert, mapping
 from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.trees import flat_state
@@ -50,7 +49,7 @@ def expected():
 
 @pytest.fixture(scope="module")
 def clip_pth_import(clip_cfg):
-  return F.import_model(CLIP / "clip.pth", clip_cfg, **QUICK)
+  return convert.import_model(CLIP / "clip.pth", clip_cfg, **QUICK)
 
 
 def _assert_clip_tensors_exact(state, expected):
@@ -63,7 +62,7 @@ def _assert_clip_tensors_exact(state, expected):
 
 @pytest.mark.parametrize("name", ["clip.pth", "clip.npz"])
 def test_clip_reproduces_official_loading_bit_exactly(name, clip_cfg, expected):
-  imp = F.import_model(CLIP / name, clip_cfg, **QUICK)
+  imp = convert.import_model(CLIP / name, clip_cfg, **QUICK)
   assert imp.converted.fmt == "clip" and imp.cfg.activation == "quick_gelu"
   assert len(imp.converted.state) == 29
   _assert_clip_tensors_exact(imp.converted.state, expected)
@@ -81,7 +80,7 @@ def test_clip_forward_with_other_tensors_from_expected(clip_pth_import, expected
 
 def test_kernel_for_temporal_kernel_1(clip_cfg):
   cfg = clip_cfg.replace(temporal_downsample=False)
-  imp = F.import_model(CLIP / "clip.npz", cfg, **QUICK)
+  imp = convert.import_model(CLIP / "clip.npz", cfg, **QUICK)
   want = np.load(CLIP / "extra_expected.npz")["conv1_weight_temporal_kernel_1"]
   np.testing.assert_array_equal(imp.converted.state["conv1.weight"], want)
   assert imp.converted.state["conv1.weight"].dtype == np.float32
@@ -92,7 +91,7 @@ def test_visual_extraction_form_gives_the_same(tmp_path, clip_cfg, clip_pth_impo
   visual = OrderedDict((k[len("visual."):], v) for k, v in sd.items() if k.startswith("visual."))
   path = tmp_path / "vit_tiny.pth"
   torch.save(visual, path)
-  imp = F.import_model(path, clip_cfg, **QUICK)
+  imp = convert.import_model(path, clip_cfg, **QUICK)
   assert imp.converted.fmt == "clip"
   assert sorted(imp.converted.ignored) == ["ln_post.bias", "ln_post.weight", "proj"]
   for k, v in clip_pth_import.converted.state.items():
@@ -211,7 +210,7 @@ def test_torchscript_archive_is_read_without_running_code(tmp_path, clip_cfg, ex
   for k, v in want.items():
     np.testing.assert_array_equal(tensors[k], v.numpy(), err_msg=k)
   # The archive's scripted activation modules say QuickGELU: no clip_activation needed.
-  imp = F.import_model(path, clip_cfg)
+  imp = convert.import_model(path, clip_cfg)
   assert imp.source.container == "torchscript" and imp.converted.fmt == "clip"
   assert imp.cfg.activation == "quick_gelu"
   assert any("modules are QuickGELU" in n for n in imp.converted.notes)
@@ -223,13 +222,13 @@ def test_torchscript_activation_read_from_its_modules(tmp_path, clip_cfg):
   contradicting clip_activation and a tanh-approximate GELU are refused."""
   path = tmp_path / "gelu.pt"
   _tiny_torchscript(path, "gelu")
-  imp = F.import_model(path, clip_cfg)
+  imp = convert.import_model(path, clip_cfg)
   assert imp.cfg.activation == "gelu"
   with pytest.raises(CheckpointError, match="clip-activation quick_gelu contradicts"):
-    F.import_model(path, clip_cfg, clip_activation="quick_gelu")
+    convert.import_model(path, clip_cfg, clip_activation="quick_gelu")
   _tiny_torchscript(path, "tanh")
   with pytest.raises(CheckpointError, match=r"approximate=tanh.*QuickGELU and exact GELU only"):
-    F.import_model(path, clip_cfg)
+    convert.import_model(path, clip_cfg)
 
 
 def test_torchscript_with_foreign_global_is_refused(tmp_path):
@@ -277,7 +276,7 @@ def _naive_bicubic(grid: np.ndarray, n_out: int, a: float = -0.75) -> np.ndarray
 
 def test_positional_embedding_resize_32_to_48(clip_cfg):
   cfg = clip_cfg.replace(input_resolution=48)
-  imp = F.import_model(CLIP / "clip.npz", cfg, **QUICK)
+  imp = convert.import_model(CLIP / "clip.npz", cfg, **QUICK)
   src = np.load(CLIP / "clip.npz")["visual.positional_embedding"].astype(np.float64)
   pe = imp.converted.state["positional_embedding"]
   assert pe.shape == (37, 128) and pe.dtype == np.float32
@@ -360,7 +359,7 @@ def test_hugging_face_clip_vision_model(tmp_path, hf_model, hf_reference, serial
     weights = tmp_path / "pytorch_model.bin"
     torch.save(hf_model.state_dict(), weights)
   assert weights.is_file()
-  imp = F.import_model(weights, _video_cfg())
+  imp = convert.import_model(weights, _video_cfg())
   assert imp.converted.fmt == "hf" and imp.cfg.activation == "quick_gelu"
   assert any("hidden_act quick_gelu" in n for n in imp.converted.notes)
   # transformers 5 saves CLIPVisionModel without the ``vision_model.`` prefix older
@@ -371,7 +370,7 @@ def test_hugging_face_clip_vision_model(tmp_path, hf_model, hf_reference, serial
   np.testing.assert_allclose(_class_token_after_last_block(imp.model, image), want, atol=1e-4,
                              rtol=1e-4)
   # The model directory works as well.
-  assert F.import_model(tmp_path, _video_cfg()).converted.state.keys() == \
+  assert convert.import_model(tmp_path, _video_cfg()).converted.state.keys() == \
       imp.converted.state.keys()
 
 
@@ -382,7 +381,7 @@ def test_hugging_face_clip_model_text_tower_dropped(tmp_path):
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
     vocab_size=50, max_position_embeddings=8), projection_dim=16)
   CLIPModel(config).save_pretrained(tmp_path)
-  imp = F.import_model(tmp_path / "model.safetensors", _video_cfg())
+  imp = convert.import_model(tmp_path / "model.safetensors", _video_cfg())
   assert imp.converted.fmt == "hf" and len(imp.converted.state) == 5 + 2 * 12
   assert "visual_projection.weight" in imp.converted.ignored
   assert "logit_scale" in imp.converted.ignored
@@ -395,15 +394,15 @@ def test_hugging_face_unsupported_activation_is_refused(tmp_path, hf_model):
   cfg["hidden_act"] = "gelu_new"  # the tanh approximation: neither of the model's two
   (tmp_path / "config.json").write_text(json.dumps(cfg))
   with pytest.raises(CheckpointError, match="hidden_act='gelu_new'.*exact GELU or QuickGELU"):
-    F.import_model(tmp_path / "model.safetensors", _video_cfg())
+    convert.import_model(tmp_path / "model.safetensors", _video_cfg())
 
 
 def test_hugging_face_weights_without_config_need_the_activation(tmp_path, hf_model):
   hf_model.save_pretrained(tmp_path)
   (tmp_path / "config.json").unlink()
   with pytest.raises(CheckpointError, match="do not record hidden_act.*--clip-activation"):
-    F.import_model(tmp_path / "model.safetensors", _video_cfg())
-  imp = F.import_model(tmp_path / "model.safetensors", _video_cfg(), clip_activation="gelu")
+    convert.import_model(tmp_path / "model.safetensors", _video_cfg())
+  imp = convert.import_model(tmp_path / "model.safetensors", _video_cfg(), clip_activation="gelu")
   assert imp.cfg.activation == "gelu"
 
 
@@ -444,8 +443,8 @@ def test_timm_clip_vit(tmp_path, hf_model, hf_reference):
   path = tmp_path / "timm.pth"
   torch.save(sd, path)
   with pytest.raises(CheckpointError, match="does not record its model name.*--clip-activation"):
-    F.import_model(path, _video_cfg())
-  imp = F.import_model(path, _video_cfg(), clip_activation="quick_gelu")
+    convert.import_model(path, _video_cfg())
+  imp = convert.import_model(path, _video_cfg(), clip_activation="quick_gelu")
   assert imp.converted.fmt == "timm"
   assert sorted(imp.converted.ignored) == ["head.bias", "head.weight", "norm.bias",
                                            "norm.weight"]
@@ -455,12 +454,12 @@ def test_timm_clip_vit(tmp_path, hf_model, hf_reference):
   # A zero patch-embedding bias is dropped; a non-zero one is an error (the model has none).
   sd["patch_embed.proj.bias"] = torch.zeros(64)
   torch.save(sd, path)
-  assert "patch_embed.proj.bias" in F.import_model(path, _video_cfg(),
+  assert "patch_embed.proj.bias" in convert.import_model(path, _video_cfg(),
                                                    **QUICK).converted.ignored
   sd["patch_embed.proj.bias"][3] = 0.5
   torch.save(sd, path)
   with pytest.raises(CheckpointError, match="patch_embed.proj.bias is non-zero"):
-    F.import_model(path, _video_cfg(), **QUICK)
+    convert.import_model(path, _video_cfg(), **QUICK)
 
 
 @pytest.mark.parametrize("name, want", [
@@ -471,7 +470,7 @@ def test_timm_clip_vit(tmp_path, hf_model, hf_reference):
   ("vit_base_patch16_224", None),  # not a CLIP ViT
 ])
 def test_timm_model_names(name, want):
-  assert F.timm_name_activation(name)[0] == want
+  assert convert.timm_name_activation(name)[0] == want
 
 
 def test_timm_hub_config_names_the_activation(tmp_path, hf_model):
@@ -480,12 +479,12 @@ def test_timm_hub_config_names_the_activation(tmp_path, hf_model):
   torch.save(sd, tmp_path / "pytorch_model.bin")
   hub = {"architecture": "vit_base_patch16_clip_224", "pretrained_cfg": {"tag": "laion2b"}}
   (tmp_path / "config.json").write_text(json.dumps(hub))
-  imp = F.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
+  imp = convert.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
   assert imp.converted.fmt == "timm" and imp.cfg.activation == "gelu"
   hub["pretrained_cfg"]["tag"] = "openai"
   (tmp_path / "config.json").write_text(json.dumps(hub))
   with pytest.raises(CheckpointError, match="OpenAI's weights.*--clip-activation"):
-    F.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
+    convert.import_model(tmp_path / "pytorch_model.bin", _video_cfg())
 
 
 def test_open_clip_config_names_the_activation(tmp_path):
@@ -495,16 +494,17 @@ def test_open_clip_config_names_the_activation(tmp_path):
   for quick, want in ((True, "quick_gelu"), (None, "gelu")):
     model_cfg = {"embed_dim": 32} | ({"quick_gelu": quick} if quick is not None else {})
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    assert F.import_model(tmp_path / "open_clip_pytorch_model.bin", cfg).cfg.activation == want
+    imp = convert.import_model(tmp_path / "open_clip_pytorch_model.bin", cfg)
+    assert imp.cfg.activation == want
 
 
 def test_ambiguous_clip_state_dict_needs_the_activation(clip_cfg):
   with pytest.raises(CheckpointError,
                      match=r"clip\.npz: a state dict in OpenAI CLIP layout does not record its "
                            r"activation.*pass --clip-activation quick_gelu"):
-    F.import_model(CLIP / "clip.npz", clip_cfg)
+    convert.import_model(CLIP / "clip.npz", clip_cfg)
   # The converted tower sets the model's activation, whatever the config said.
-  imp = F.import_model(CLIP / "clip.npz", clip_cfg.replace(activation="gelu"), **QUICK)
+  imp = convert.import_model(CLIP / "clip.npz", clip_cfg.replace(activation="gelu"), **QUICK)
   assert imp.cfg.activation == "quick_gelu"
   assert any("replaces the config's gelu" in n for n in imp.converted.notes)
 
@@ -514,8 +514,8 @@ def test_clip_layer_count_mismatch_is_named(hf_model, tmp_path):
   path = tmp_path / "timm.pth"
   torch.save(sd, path)
   with pytest.raises(CheckpointError) as e:
-    F.import_model(path, _video_cfg(layers=3, return_list=(2,)), **QUICK)
+    convert.import_model(path, _video_cfg(layers=3, return_list=(2,)), **QUICK)
   assert "12 CLIP image-tower key(s) missing" in str(e.value)
   assert "transformer.resblocks.2.attn.in_proj_weight" in str(e.value)
   with pytest.raises(CheckpointError, match="unexpected key"):
-    F.import_model(path, _video_cfg(layers=1, return_list=(0,)), **QUICK)
+    convert.import_model(path, _video_cfg(layers=1, return_list=(0,)), **QUICK)

@@ -17,7 +17,7 @@ import convert_torch_weights as cli
 from tests.conftest import FIXTURES, REPO
 from tests.test_convert_clip import _randomise, _video_cfg, run
 from uniformerv2_jax import checkpoint as ckpt_lib
-from uniformerv2_jax import formats as F
+from uniformerv2_jax import convert
 from uniformerv2_jax.checkpoint import config_from_json, config_to_json, load_checkpoint
 from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig, create_model
@@ -89,7 +89,7 @@ def test_contradicting_flag_is_refused(gelu_folder, tmp_path, capsys):
   assert "hidden_act='gelu'" in err
   assert not (tmp_path / "out").exists()
   # Agreeing with the folder is accepted.
-  assert F.import_model(folder, _video_cfg(), clip_activation="gelu").cfg.activation == "gelu"
+  assert convert.import_model(folder, _video_cfg(), clip_activation="gelu").cfg.activation == "gelu"
 
 
 def test_ambiguous_source_without_flag_is_one_clear_error(tmp_path):
@@ -140,20 +140,20 @@ def test_activation_is_a_run_config_field():
 
 def test_gelu_model_exports_only_where_the_activation_survives(tmp_path):
   model = create_model(_video_cfg(activation="gelu"))
-  sd = F.export_state(model)
+  sd = convert.export_state(model)
   for name, fmt in (("m.pyth", "official"), ("m.npz", "official"), ("mm.pth", "mmaction2")):
     with pytest.raises(CheckpointError, match="activation gelu.*official-layout .safetensors"):
-      F.write_state(tmp_path / name, sd, model.cfg, fmt)
-  F.write_state(tmp_path / "m.safetensors", sd, model.cfg, "official")
-  back = F.import_model(tmp_path / "m.safetensors")
+      convert.write_state(tmp_path / name, sd, model.cfg, fmt)
+  convert.write_state(tmp_path / "m.safetensors", sd, model.cfg, "official")
+  back = convert.import_model(tmp_path / "m.safetensors")
   assert back.cfg.activation == "gelu"
   # A config that disagrees with the one the file carries is refused.
   with pytest.raises(CheckpointError, match="config has activation quick_gelu.*gelu"):
-    F.import_model(tmp_path / "m.safetensors", _video_cfg())
+    convert.import_model(tmp_path / "m.safetensors", _video_cfg())
   # An official checkpoint (QuickGELU by construction) with a gelu config: refused too.
   k400 = FIXTURES / "tiny_k400"
   with pytest.raises(CheckpointError, match="hard-code QuickGELU"):
-    F.import_model(k400 / "model.npz",
+    convert.import_model(k400 / "model.npz",
                    config_from_official(k400 / "config.json", activation="gelu"))
 
 

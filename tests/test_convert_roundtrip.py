@@ -15,8 +15,7 @@ from flax import nnx
 
 from tests.conftest import FIXTURES
 from tests.util import random_official_state_dict
-from uniformerv2_jax import checkpoint_files, load_checkpoint, mapping
-from uniformerv2_jax import formats as F
+from uniformerv2_jax import checkpoint_files, convert, load_checkpoint, mapping
 from uniformerv2_jax.checkpoint import read_config, save_model
 from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig
@@ -36,7 +35,7 @@ def channels_last(x):
 
 
 def to_orbax(path, directory, cfg=None, fmt=None, **kw):
-  imp = F.import_model(path, cfg, fmt, **kw)
+  imp = convert.import_model(path, cfg, fmt, **kw)
   save_model(directory, imp.model, extra_config={"format": imp.converted.fmt,
                                                  "converted_from": str(path)})
   return imp
@@ -55,8 +54,8 @@ def test_official_fixture_round_trip_bit_exact(tmp_path, name):
   to_orbax(d / "model.pth", tmp_path / "ckpt", config_from_official(d / "config.json"))
   assert read_config(tmp_path / "ckpt")["format"] == "official"
   model = load_checkpoint(tmp_path / "ckpt")
-  sd = F.export_state(model)
-  F.write_state(tmp_path / "out.pyth", sd, model.cfg, "official")
+  sd = convert.export_state(model)
+  convert.write_state(tmp_path / "out.pyth", sd, model.cfg, "official")
   want = torch.load(d / "model.pth", weights_only=True)
   got = torch.load(tmp_path / "out.pyth", weights_only=True)
   assert isinstance(got, OrderedDict)
@@ -64,13 +63,13 @@ def test_official_fixture_round_trip_bit_exact(tmp_path, name):
   nbt = [k for k in want if k.endswith("num_batches_tracked")]
   assert all(got[k].dtype == torch.int64 and got[k].ndim == 0 for k in nbt)
   # safetensors: same tensors (safetensors has no order), and it carries the config.
-  F.write_state(tmp_path / "out.safetensors", sd, model.cfg, "official")
+  convert.write_state(tmp_path / "out.safetensors", sd, model.cfg, "official")
   src = checkpoint_files.read_source(tmp_path / "out.safetensors")
   assert set(src.tensors) == set(want)
   for k, v in want.items():
     assert src.tensors[k].dtype == v.numpy().dtype and src.tensors[k].shape == tuple(v.shape)
     np.testing.assert_array_equal(src.tensors[k], v.numpy(), err_msg=k)
-  assert F.import_model(tmp_path / "out.safetensors").cfg == model.cfg
+  assert convert.import_model(tmp_path / "out.safetensors").cfg == model.cfg
 
 
 @pytest.mark.parametrize("name", VIDEO)
@@ -82,7 +81,8 @@ def test_mmaction2_fixture_imports_and_exports_back(tmp_path, name):
   model = load_checkpoint(tmp_path / "ckpt")
   logits = run(model, channels_last(np.load(FIXTURES / name / "input.npy")))
   np.testing.assert_allclose(logits, np.load(d / "logits.npy"), atol=1e-4, rtol=1e-4)
-  F.write_state(tmp_path / "mm.pth", F.export_state(model, "mmaction2"), model.cfg, "mmaction2")
+  convert.write_state(tmp_path / "mm.pth", convert.export_state(model, "mmaction2"), model.cfg,
+                      "mmaction2")
   got = torch.load(tmp_path / "mm.pth", weights_only=True)
   want = torch.load(d / "model.pth", weights_only=True)
   assert set(got) == {"meta", "state_dict"}
@@ -103,8 +103,8 @@ def test_mmaction2_backbone_only_needs_allow_missing(tmp_path):
   torch.save(backbone, path)
   cfg = config_from_official(FIXTURES / "tiny_k400" / "config.json")
   with pytest.raises(CheckpointError, match=r"2 missing key.*\n.*proj\.2\.weight"):
-    F.import_model(path, cfg, "mmaction2")
-  imp = F.import_model(path, cfg, "mmaction2", allow_missing=True)
+    convert.import_model(path, cfg, "mmaction2")
+  imp = convert.import_model(path, cfg, "mmaction2", allow_missing=True)
   assert imp.kept_at_init == ["transformer.proj.2.weight", "transformer.proj.2.bias"]
 
 
@@ -130,17 +130,18 @@ def test_any_config_round_trips_through_both_layouts(tmp_path, which):
   torch.save(sd, tmp_path / "src.pth")
   to_orbax(tmp_path / "src.pth", tmp_path / "ckpt", cfg)
   model = load_checkpoint(tmp_path / "ckpt")
-  F.write_state(tmp_path / "out.pth", F.export_state(model), cfg, "official")
+  convert.write_state(tmp_path / "out.pth", convert.export_state(model), cfg, "official")
   assert_same_torch_state(torch.load(tmp_path / "out.pth", weights_only=True), sd)
   # -> MMAction2 layout -> import -> official again: bit-exact.
-  F.write_state(tmp_path / "mm.pth", F.export_state(model, "mmaction2"), cfg, "mmaction2")
+  convert.write_state(tmp_path / "mm.pth", convert.export_state(model, "mmaction2"), cfg,
+                      "mmaction2")
   mm = torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
   assert ("backbone.transformer.balance" in mm) and "cls_head.fc_cls.weight" in mm
   if cfg.frozen:
     assert torch.all(mm["backbone.transformer.balance"] == -1e4)
-  back = F.import_model(tmp_path / "mm.pth")  # config from the exported meta
+  back = convert.import_model(tmp_path / "mm.pth")  # config from the exported meta
   assert back.cfg == cfg
-  again = F.export_state(back.model)
+  again = convert.export_state(back.model)
   assert list(again) == list(sd)
   for k, v in sd.items():
     np.testing.assert_array_equal(again[k], v.numpy(), err_msg=k)

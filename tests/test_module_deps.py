@@ -10,7 +10,7 @@ import sys
 from tests.conftest import REPO
 
 CONVERSION_MODULES = ("uniformerv2_jax.convert", "uniformerv2_jax.mapping",
-                      "uniformerv2_jax.checkpoint_files", "uniformerv2_jax.formats")
+                      "uniformerv2_jax.checkpoint_files")
 
 
 def test_train_imports_no_conversion_module():

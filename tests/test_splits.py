@@ -127,7 +127,7 @@ def test_prepare_and_predict_read_the_split_files(ucf_root, tmp_path):
 
 def test_finetune_from_converted_checkpoint_then_eval_three_splits(ucf_root, tmp_path):
   from uniformerv2_jax.checkpoint import save_model
-  from uniformerv2_jax.formats import import_model
+  from uniformerv2_jax.convert import import_model
   from uniformerv2_jax.train import train_and_evaluate
   from uniformerv2_jax.variants import config_from_official
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
   from uniformerv2_jax.checkpoint import load_checkpoint
   from uniformerv2_jax.checkpoint_files import CheckpointError
-  from uniformerv2_jax.formats import load_official
+  from uniformerv2_jax.convert import load_official
   from uniformerv2_jax.model import ModelConfig, UniFormerV2, abstract_model, create_model
   from uniformerv2_jax.variants import config_from_official
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # imported only when a checkpoint is actually loaded.
 _EXPORTS = {
   "CheckpointError": "checkpoint_files",
-  "load_official": "formats",
+  "load_official": "convert",
   "ModelConfig": "model",
   "UniFormerV2": "model",
   "abstract_model": "model",

@@ -1,6 +1,13 @@
-"""Reading, detecting and converting the checkpoint formats other code bases write.
+"""Converting checkpoints of other code bases into models and back: the steps between the files
+(``checkpoint_files.py``) and the mapping table (``mapping.py``).
 
-Formats (``FORMATS``), all mapped onto the official UniFormerV2 key names of ``convert.py`` (the
+This module owns the decisions: which format a source is (``detect_format``, from its key
+names), which model config it carries (``config_from_source``), which MLP activation a CLIP
+tower was trained with (``resolve_clip_activation``), the strict checks, building the model
+(``import_model``, ``load_official``) and the way back (``export_state``, ``write_state``).
+``convert_torch_weights.py`` is its command line.
+
+Formats (``FORMATS``), all mapped onto the official UniFormerV2 key names of ``mapping.py`` (the
 one table that knows the Flax side):
 
 ``official``   OpenGVLab/UniFormerV2 ``.pyth``/``.pth``: flat ``backbone.*`` or ``{'model_state'}``.
@@ -8,7 +15,7 @@ one table that knows the Flax side):
                ``cls_head.fc_cls.*``, or a backbone-only dict without prefix (no head).
 ``clip``       OpenAI CLIP: a full state dict (``visual.*`` + text tower + integer scalars), the
                ``visual.``-stripped extraction of the official recipe, or the released TorchScript
-               archive (read by ``read_torchscript_tensors`` without running any of its code).
+               archive (read without running any of its code).
 ``hf``         Hugging Face ``CLIPVisionModel`` / ``CLIPModel`` (safetensors or ``.bin``; a model
                directory with ``config.json`` too).
 ``timm``       timm CLIP ViTs (``vit_base_patch16_clip_224.openai`` layout).
