@@ -14,6 +14,7 @@ The converter writes step 0. ``WORKDIR`` (a training run) resolves to ``WORKDIR/
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,18 @@ def _pick_step(mngr: ocp.CheckpointManager, path, step: int | None) -> int:
   return step
 
 
-def _abstract(tree):
-  """Restore targets on this process's first device, whatever mesh wrote the checkpoint."""
+def _abstract(tree, *, keep_shardings: bool = False):
+  """Restore targets with a sharding on every leaf: this process's first device (whatever mesh
+  wrote the checkpoint), or with ``keep_shardings`` a leaf's own sharding where it has one.
+  A leaf without one would make Orbax read the sharding the writer stored, which it warns is
+  unsafe on another topology."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=device),
-                      tree)
+
+  def target(a):
+    sharding = getattr(a, "sharding", None) if keep_shardings else None
+    return jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding or device)
+
+  return jax.tree.map(target, tree)
 
 
 class NoEmaError(FileNotFoundError):
@@ -230,12 +238,9 @@ class TrainCheckpointer:
 
   def restore(self, step: int, abstract_state) -> tuple[Any, Any]:
     """Restore into the structure (and shardings) of ``abstract_state`` (``jax.eval_shape`` of
-    the state, leaves ``ShapeDtypeStruct`` with ``sharding``). Returns ``(state, data_state)``."""
-    def target(tree):
-      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                         sharding=getattr(a, "sharding", None)),
-                          tree)
-
+    the state, leaves ``ShapeDtypeStruct`` with ``sharding``; a leaf without one restores on
+    this process's first device). Returns ``(state, data_state)``."""
+    target = functools.partial(_abstract, keep_shardings=True)
     items = {
       "params": ocp.args.StandardRestore(target(nnx.to_pure_dict(abstract_state.params))),
       "opt_state": ocp.args.StandardRestore(target(_leaves_dict(abstract_state.opt_state))),
