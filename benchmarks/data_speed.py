@@ -143,7 +143,7 @@ def _augment_timed(frames, rng, aug: transforms.TrainAugConfig):
     else frames[:, top : top + h, left : left + w]
   )
   t1 = time.process_time()
-  flip = bool(aug.random_flip and rng.random() < aug.flip_prob)
+  flip = bool(aug.random_flip and rng.random() < transforms.FLIP_PROB)
   out = transforms.resize_uint8_to(
     crop,
     aug.crop_size,

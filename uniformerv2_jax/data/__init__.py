@@ -24,7 +24,6 @@ from uniformerv2_jax.data.transforms import (
   EvalConfig,
   MixupConfig,
   TrainAugConfig,
-  normalize_on_device,
 )
 from uniformerv2_jax.data.video import SKIP_KINDS, DecodeError
 
@@ -48,7 +47,6 @@ __all__ = [
   "make_eval_iterator",
   "make_train_dataset",
   "make_train_iterator",
-  "normalize_on_device",
   "read_clip",
   "to_iterator",
 ]

@@ -851,14 +851,8 @@ def finalize(
   raise ValueError(f"output must be 'float32' or 'uint8', got {output!r}")
 
 
-def normalize_on_device(
-  x, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3
-):
-  """The normalisation for uint8 batches, written with array ops so it also works on jax arrays."""
-  return (x / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 # ----------------------------------------------------------------------------- full recipes
+FLIP_PROB = 0.5  # the official RandomHorizontalFlip's
 @dataclass(frozen=True)
 class TrainAugConfig:
   """The official training augmentation (defaults: K400 recipe)."""
@@ -870,11 +864,10 @@ class TrainAugConfig:
     0.75,
     1.3333,
   )  # the literal 1.3333 from the official config
-  random_flip: bool = True  # SSv1/SSv2 recipes: False
-  flip_prob: float = 0.5
+  random_flip: bool = True  # SSv1/SSv2 recipes: False (else a flip with probability FLIP_PROB)
   mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
   std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-  output: str = "float32"  # or "uint8" (normalise on device with normalize_on_device)
+  output: str = "float32"  # or "uint8" (normalised later: (x / 255 - mean) / std)
   # "fast": RandAugment computed only where the crop box needs it + fused resize/flip/normalise
   # (same result as "reference" up to float rounding, see apply_rand_augment_box);
   # "reference": the literal order (RandAugment on full frames, then crop/resize, flip).
@@ -916,7 +909,7 @@ def train_augment(frames: np.ndarray, rng: np.random.Generator, cfg: TrainAugCon
       crop = apply_rand_augment_box(frames, ops, box, cfg.geometry)
     else:
       crop = frames[:, top : top + h, left : left + w]
-    flip = bool(cfg.random_flip and rng.random() < cfg.flip_prob)
+    flip = bool(cfg.random_flip and rng.random() < FLIP_PROB)
     return resize_uint8_to(
       crop,
       cfg.crop_size,
@@ -933,7 +926,7 @@ def train_augment(frames: np.ndarray, rng: np.random.Generator, cfg: TrainAugCon
     frames = apply_rand_augment(frames, ops)
   box = rrc_params(rng, frames.shape[1], frames.shape[2], cfg.scale, cfg.ratio)
   out = crop_resize(frames, box, cfg.crop_size)
-  if cfg.random_flip and rng.random() < cfg.flip_prob:
+  if cfg.random_flip and rng.random() < FLIP_PROB:
     out = out[:, :, ::-1]
   return finalize(np.ascontiguousarray(out), cfg.output, cfg.mean, cfg.std)
 
