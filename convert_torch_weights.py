@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Convert UniFormerV2 weights between PyTorch formats and this project's Orbax checkpoints.
 
-Import (SRC a file, DST a directory): an Orbax checkpoint that ``uniformerv2_jax.load_checkpoint``
-restores. SRC may be
+The direction follows from SRC. Import (SRC a weights file or a Hugging Face model directory):
+DST becomes an Orbax checkpoint directory, whatever it is called, that
+``uniformerv2_jax.load_checkpoint`` restores. SRC may be
   official   OpenGVLab/UniFormerV2 .pyth/.pth (flat backbone.* or {'model_state': ...})
   mmaction2  MMAction2 checkpoint ({'meta', 'state_dict'}, or a backbone-only dict)
   clip       OpenAI CLIP: full state dict, the official recipe's visual-only extraction
@@ -21,8 +22,9 @@ name, an open_clip_config.json, a TorchScript archive's activation modules); a b
 records nothing, and then --clip-activation quick_gelu|gelu must say it (no guessing). Stating
 one that the source contradicts is an error.
 
-Export (SRC an Orbax directory written by this project, DST a file): the official flat state
-dict (.pth/.pyth via torch.save, or .safetensors/.npz), or with --format mmaction2 MMAction2's
+Export (SRC an Orbax directory written by this project): DST's extension picks the file format,
+the official flat state dict (.pth/.pyth via torch.save, or .safetensors/.npz), or with --format
+mmaction2 MMAction2's
 {'meta', 'state_dict'} layout. Both load with strict=True in those code bases.
 
 Examples:
@@ -54,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 
-FILE_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz")
 PROGRESS_BYTES = 64 << 20  # show progress bars above this many bytes of tensors
 
 
@@ -72,8 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="a PyTorch / safetensors / npz file or Hugging Face model directory "
                       "(import), or an Orbax checkpoint directory of this project (export)")
   p.add_argument("--output", "-o", required=True, metavar="DST",
-                 help="a directory for the Orbax checkpoint (import), or a .pth/.pyth/.pt/"
-                      ".safetensors/.npz file (export)")
+                 help="the Orbax checkpoint directory to create (import: any name, e.g. "
+                      "run.ckpt), or a .pth/.pyth/.pt/.safetensors/.npz file (export)")
   cfg = p.add_mutually_exclusive_group()
   cfg.add_argument("--official-config", metavar="CFG.json",
                    help="the model in the official config names (MODEL, DATA, UNIFORMERV2, "
@@ -377,22 +378,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger(name).setLevel(logging.ERROR)
   src, dst = Path(args.input), Path(args.output)
   try:
-    from uniformerv2_jax.checkpoint_files import CheckpointError
+    from uniformerv2_jax.checkpoint_files import FILE_SUFFIXES, CheckpointError
   except ImportError as e:  # pragma: no cover
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
     if not src.exists():
       raise UsageError(f"{src}: no such file or directory")
+    # The input alone sets the direction: an Orbax directory is exported to the file format its
+    # output's extension names; anything else is imported into an Orbax directory, whatever the
+    # output is called (``run.ckpt`` is a fine directory name).
     if src.is_dir() and _is_orbax_dir(src):
       if dst.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"{src} is an Orbax checkpoint: the output of an export must be a "
                          f"file ending in {', '.join(FILE_SUFFIXES)}")
       return run_export(args, src, dst)
-    if dst.suffix.lower() in FILE_SUFFIXES:
-      raise UsageError(f"{dst}: an import writes an Orbax checkpoint directory, not a "
-                       f"{dst.suffix} file; to export, --input must be an Orbax directory "
-                       "written by this project")
     return run_import(args, src, dst)
   except (UsageError, CheckpointError, ValueError, FileNotFoundError, KeyError) as e:
     msg = str(e) if not isinstance(e, KeyError) else f"missing entry {e}"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import convert_torch_weights as cli
+import uniformerv2_jax as u
 from tests.conftest import FIXTURES, REPO
 
 K400 = FIXTURES / "tiny_k400"
@@ -69,8 +70,26 @@ def test_bad_inputs_give_one_clear_message(tmp_path, capsys):
   assert "does not say which model" in err and "--official-config" in err
   err = main_err(capsys, "-i", tmp_path / "absent.pth", "-o", tmp_path / "d")
   assert "no such file" in err
-  err = main_err(capsys, "-i", K400 / "model.pth", "-o", tmp_path / "x.pth", *cfg)
-  assert "import writes an Orbax checkpoint directory" in err
+
+
+def test_direction_follows_from_the_input(tmp_path, capsys):
+  """A weights file in is an import whatever the output is called (``run.ckpt`` is an Orbax
+  directory, not a PyTorch file); an Orbax directory in is an export, its format chosen by the
+  output's extension."""
+  cfg = ["--official-config", K400 / "config.json"]
+  assert cli.main([str(a) for a in ("-i", K400 / "model.pth", "-o", tmp_path / "run.ckpt",
+                                    *cfg)]) == 0
+  assert "wrote: " in capsys.readouterr().out
+  assert (tmp_path / "run.ckpt").is_dir()
+  model = u.load_checkpoint(tmp_path / "run.ckpt")
+  assert model.cfg == u.config_from_official(K400 / "config.json")
+  assert cli.main([str(a) for a in ("-i", tmp_path / "run.ckpt", "-o", tmp_path / "back.npz")]) \
+    == 0
+  back = np.load(tmp_path / "back.npz")
+  want = np.load(K400 / "model.npz")
+  assert list(back) == list(want) and all(np.array_equal(back[k], want[k]) for k in want)
+  err = main_err(capsys, "-i", tmp_path / "run.ckpt", "-o", tmp_path / "out")
+  assert "the output of an export must be a file" in err
 
 
 class _Payload:
