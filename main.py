@@ -10,11 +10,16 @@
   python main.py --mode plan --config configs/k400.py:l14_8x224_k710 --device_memory_gb 80
 
 Config keys are overridden with ``--config.key=value``; an unknown key is an error.
+
+Output: the progress bar, evals, warnings and a final summary. Log lines of the libraries below
+(Orbax, JAX, grain) appear from WARNING up; ``--verbosity=0`` (``-v 0``) shows their INFO lines
+too, ``-v 1`` adds debug lines.
 """
 
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import sys
 import time
@@ -49,6 +54,41 @@ flags.DEFINE_list("eval_splits", None, "eval (ucf101 / hmdb51): evaluate on thes
 flags.DEFINE_enum("adapt", "resize", ["resize", "pos_embed"], "Crop size != model resolution: "
                   "resize the views, or interpolate the positional embedding.")
 FLAGS = flags.FLAGS
+
+# Where the project's own log lines come from: they stay visible at INFO when libraries are quiet.
+_PROJECT_SOURCES = (os.path.abspath(__file__),
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "uniformerv2_jax"))
+
+
+class _ProjectInfoAndWarnings(pylogging.Filter):
+  """INFO lines of the project, WARNING and up of everyone."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or os.path.abspath(record.pathname).startswith(
+      _PROJECT_SOURCES)
+
+
+def quiet_library_logs() -> None:
+  """Unless ``--verbosity`` / ``-v`` is given, library INFO lines are dropped: Orbax alone logs
+  ~130 per short run (managers created, metadata stores closed) between the progress bar's
+  updates, and none of them asks anything of the user."""
+  if not FLAGS["verbosity"].present:
+    logging.get_absl_handler().addFilter(_ProjectInfoAndWarnings())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; an override of a key the (locked) config lacks fails in one line
+  naming it, not with ml_collections' chained traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    given = [a for a in argv[1:]
+             if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]]
+    if not given:  # not an override (e.g. a config file's own error): keep the traceback
+      raise
+    sys.exit(f"FATAL Flags parsing error: {given[0]}: the config has no key {key!r} (unknown "
+             "keys are errors; the keys are in configs/common.py)")
 
 
 def forward(config) -> None:
@@ -161,7 +201,8 @@ def evaluate_splits(config, directory: str, splits: list[str]) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.info("host malloc: GLIBC_TUNABLES=%r (%s=0 keeps the system default)",
+  quiet_library_logs()
+  logging.debug("host malloc: GLIBC_TUNABLES=%r (%s=0 keeps the system default)",
                os.environ.get("GLIBC_TUNABLES", ""), host_memory.OPT_OUT)
   config = FLAGS.config
   if FLAGS.mode in ("predict", "extract"):
@@ -180,7 +221,8 @@ def main(argv) -> None:
     from uniformerv2_jax import plan
 
     try:
-      plan.main(config, device_memory_gb=FLAGS.device_memory_gb, topology=FLAGS.topology)
+      plan.print_memory_plan(config, device_memory_gb=FLAGS.device_memory_gb,
+                             topology=FLAGS.topology)
     except plan.TopologyError as e:
       # One line naming what is missing (not the flags' help), and no local-backend fallback.
       raise SystemExit(f"--mode plan: {e}") from None
@@ -207,5 +249,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   host_memory.reexec_with_malloc_tuning()  # huge-page malloc: ~20-30 % faster CPU steps
-  app.run(main)
-  sys.exit(0)
+  app.run(main, flags_parser=parse_flags)

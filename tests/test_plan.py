@@ -58,7 +58,7 @@ def test_plan_that_does_not_fit_names_the_largest_batch(capsys):
   config = _tiny_config()
   config.batch_size = 8
   limit_gb = 1.2e-3
-  result = plan_lib.main(config, device_memory_gb=limit_gb)
+  result = plan_lib.print_memory_plan(config, device_memory_gb=limit_gb)
   out = capsys.readouterr().out.strip().splitlines()
   line = json.loads(out[-1])  # the JSON line carries the same figures as the returned dict
   assert line["max_global_batch"] == result["max_global_batch"]

@@ -35,7 +35,7 @@ cannot be planned on the local backend; simulate N CPU devices with
 starts).
 
     from uniformerv2_jax import plan
-    plan.main(config, device_memory_gb=80)   # prints a table and one JSON line
+    plan.print_memory_plan(config, device_memory_gb=80)   # a table and one JSON line
 """
 
 from __future__ import annotations
@@ -379,8 +379,9 @@ def format_table(r: dict[str, Any]) -> str:
   return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def main(config, *, device_memory_gb: float | None = None, topology: str | None = None,
-         batch_size: int | None = None, fit_batch: bool = True) -> dict[str, Any]:
+def print_memory_plan(config, *, device_memory_gb: float | None = None,
+                      topology: str | None = None, batch_size: int | None = None,
+                      fit_batch: bool = True) -> dict[str, Any]:
   """``--mode plan``: print the table and one JSON line; returns the dict."""
   result = plan(config, device_memory_gb=device_memory_gb, topology=topology,
                 batch_size=batch_size, fit_batch=fit_batch)
