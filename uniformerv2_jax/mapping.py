@@ -219,10 +219,6 @@ def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _describe(a) -> str:
-  return f"{list(np.shape(a))} {np.asarray(a).dtype if not hasattr(a, 'dtype') else a.dtype}"
-
-
 def check_keys(sd: Mapping[str, Any], cfg: ModelConfig, *, allow_missing: bool = False,
                source: str = "checkpoint") -> list[str]:
   """Raise one CheckpointError naming every missing, unexpected and wrongly shaped key.
