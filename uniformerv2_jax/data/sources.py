@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -51,6 +51,14 @@ def _read_lines(list_file: str) -> list[str]:
     raise ListFileError(f"list file not found: {list_file}")
   with open(list_file, encoding="utf-8") as f:
     return f.read().splitlines()
+
+
+def _list_lines(list_file: str) -> Iterator[tuple[int, str]]:
+  """(1-based line number, text without surrounding blanks) of each non-blank line."""
+  for lineno, raw in enumerate(_read_lines(list_file), start=1):
+    line = raw.strip()
+    if line:
+      yield lineno, line
 
 
 def _parse_label(text: str, list_file: str, lineno: int, line: str, num_classes: int | None) -> int:
@@ -118,8 +126,8 @@ def list_file_videos(list_file: str, root: str = "") -> list[str]:
   if official is not None:
     return official
   bases = [b for b in (root, os.path.dirname(os.path.abspath(list_file)), os.getcwd()) if b]
-  lines = [line.strip() for line in _read_lines(list_file)]
-  videos = [_resolve_line(line, bases) for line in lines if line and not line.startswith("#")]
+  videos = [_resolve_line(line, bases) for _, line in _list_lines(list_file)
+            if not line.startswith("#")]
   if not videos:
     raise ValueError(f"list file {list_file} names no videos")
   return videos
@@ -184,7 +192,19 @@ def video_record(path: str, *, bgr: bool = False) -> Record:
   return {"kind": kind, "path": path, "label": 0, "bgr": bgr}
 
 
-class VideoListSource:
+class _ListSource:
+  """Records parsed from a list file, held in memory."""
+
+  records: list[Record]
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> Record:
+    return self.records[index]
+
+
+class VideoListSource(_ListSource):
   """Official Kinetics-style list file: one ``relative/path.mp4<SEP>label`` per line.
 
   The separator defaults to ',' (the recipes' ``PATH_LABEL_SEPARATOR``); a line without it
@@ -201,10 +221,7 @@ class VideoListSource:
   ):
     self.list_file = list_file
     self.records: list[Record] = []
-    for lineno, raw in enumerate(_read_lines(list_file), start=1):
-      line = raw.strip()
-      if not line:
-        continue
+    for lineno, line in _list_lines(list_file):
       if sep and sep in line:
         path, label_text = line.rsplit(sep, 1)
       else:
@@ -218,14 +235,7 @@ class VideoListSource:
       label = _parse_label(label_text.strip(), list_file, lineno, line, num_classes)
       self.records.append({"kind": "video", "path": os.path.join(prefix, path), "label": label})
 
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitem__(self, index: int) -> Record:
-    return self.records[index]
-
-
-class FrameFolderListSource:
+class FrameFolderListSource(_ListSource):
   """SSv2-style label file: ``folder num_frames label`` per line, frames ``folder/template``.
 
   ``num_frames`` is the sampling length L (the official loader trusts the file, not the disk).
@@ -244,10 +254,7 @@ class FrameFolderListSource:
   ):
     self.list_file = list_file
     self.records: list[Record] = []
-    for lineno, raw in enumerate(_read_lines(list_file), start=1):
-      line = raw.strip()
-      if not line:
-        continue
+    for lineno, line in _list_lines(list_file):
       parts = line.split()
       if len(parts) != 3:
         raise ListFileError(
@@ -274,13 +281,6 @@ class FrameFolderListSource:
           "index_base": index_base,
         }
       )
-
-  def __len__(self) -> int:
-    return len(self.records)
-
-  def __getitem__(self, index: int) -> Record:
-    return self.records[index]
-
 
 class TfdsSource:
   """A TFDS dataset read with ``tfds.data_source`` (random access, no TensorFlow graph).
