@@ -15,6 +15,7 @@ parameters. The global branch reads the RETURN_LIST features afterwards; it neve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -685,7 +686,26 @@ class UniFormerV2(nnx.Module):
     ``train`` defaults to the module's mode (``model.train()`` / ``model.eval()``). In training,
     dropout and drop path draw from ``key`` (or the module's own ``rngs`` when ``key`` is None)
     and BatchNorm uses batch statistics and updates its running statistics.
+
+    Called outside any JAX transformation in eval mode, the forward runs as one compiled program
+    (:func:`compiled_eval_forward`: compiled once per input shape and dtype, reading the current
+    parameter values on every call). Inside a transformation (``jax.jit``, ``nnx.jit``, grad,
+    ``eval_shape``) and in training it is :meth:`forward` itself, traced by the caller.
     """
+    evaluating = train is False or (
+      train is None and self.deterministic and self.use_running_average)
+    if evaluating:
+      graphdef, state = nnx.split(self)
+      if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((state, x))):
+        return compiled_eval_forward(graphdef, state, x, return_intermediates=return_intermediates,
+                                     return_features=return_features)
+    return self.forward(x, train=train, key=key, return_intermediates=return_intermediates,
+                        return_features=return_features)
+
+  def forward(self, x: jax.Array, *, train: bool | None = None, key: jax.Array | None = None,
+              return_intermediates: bool = False, return_features: bool = False):
+    """The forward pass as JAX operations (what :meth:`__call__` computes), run op by op when
+    called outside a transformation."""
     cfg = self.cfg
     # An explicit `train` sets both behaviours; otherwise each follows its module switch.
     batch_stats = (not self.use_running_average) if train is None else train
@@ -740,6 +760,22 @@ class UniFormerV2(nnx.Module):
     # Logits leave in (at least) float32 whatever the compute dtype.
     dtype = jnp.dtype(self.cfg.dtype)
     return self.head(h, dtype).astype(jnp.promote_types(dtype, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=(0,),
+                   static_argnames=("return_intermediates", "return_features"))
+def compiled_eval_forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
+                          return_intermediates: bool = False, return_features: bool = False):
+  """The eval-mode forward of the model ``nnx.merge(graphdef, state)`` as one compiled program.
+
+  The parameters are an argument, so edits to a model's variables are seen by its next call;
+  ``jax.jit`` keeps one executable per graph, input shape/dtype and output options. The eval
+  forward writes no state (BatchNorm reads its running statistics, nothing draws randomness),
+  so nothing has to be merged back into the caller's model.
+  """
+  model = nnx.merge(graphdef, state)
+  return model.forward(x, train=False, return_intermediates=return_intermediates,
+                       return_features=return_features)
 
 
 def count_params(model_or_state) -> int:
