@@ -292,6 +292,78 @@ def config_json(config) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def train_iterator(run: Run, source) -> Any:
+  """This process's share of the infinite, shuffled, augmented training batches (with
+  ``get_state``/``set_state`` for exact resume)."""
+  c, cfg = run.config, run.cfg
+  mixup = None
+  if c.aug.mixup_alpha > 0 or c.aug.cutmix_alpha > 0:
+    mixup = data_lib.MixupConfig(num_classes=cfg.num_classes, mixup_alpha=c.aug.mixup_alpha,
+                                 cutmix_alpha=c.aug.cutmix_alpha,
+                                 label_smoothing=c.optim.label_smoothing)
+  ds = data_lib.make_train_dataset(
+    source, batch_size=c.batch_size // jax.process_count(), seed=c.seed,
+    sampling_cfg=sampling_config(c, cfg), aug=train_aug_config(c), reader=reader_config(c),
+    num_sample=c.aug.num_sample, mixup=mixup)
+  return data_lib.to_iterator(ds, num_workers=c.dataset.num_workers,
+                              read_threads=c.dataset.read_threads,
+                              prefetch_batches=c.dataset.prefetch_batches)
+
+
+def resume(run: Run, ckpt: ckpt_lib.TrainCheckpointer, it, workdir: str) -> int:
+  """Restore the latest checkpoint's state (on the run's shardings) and input position; the
+  step to continue from (0 for a new run)."""
+  latest = ckpt.latest_step()
+  if latest is None:
+    return 0
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          run.state, run.state_shardings)
+  run.state, data_state = ckpt.restore(latest, abstract)
+  it.set_state(data_state)
+  start = int(run.state.step)
+  logging.info("resumed from %s step %d", workdir, start)
+  return start
+
+
+def _next_batch(it) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The model's inputs of the next batch, and its per-example skip counts."""
+  b = next(it)
+  skipped = b.pop("skipped")
+  labels = b.pop("soft_label") if "soft_label" in b else b["label"]
+  return {"video": b["video"], "label": labels}, skipped
+
+
+class TrainLog:
+  """Training metrics every ``log_every_steps``: loss etc. from the step, the learning rate,
+  clips per second since the last line and the bad samples skipped so far; stops the run on
+  non-finite metrics."""
+
+  def __init__(self, run: Run, writer: MetricsWriter, ckpt: ckpt_lib.TrainCheckpointer,
+               workdir: str):
+    self.writer, self.ckpt, self.workdir = writer, ckpt, workdir
+    self.schedule = lr_schedule(optim_config(run.config, run.steps_per_epoch, run.total_steps,
+                                             frozen=run.cfg.frozen))
+    self.skipped = None
+    self.t_last, self.clips_since = time.time(), 0
+
+  def count(self, batch: dict[str, np.ndarray], skipped: np.ndarray) -> None:
+    self.skipped = skipped.sum(0) + (0 if self.skipped is None else self.skipped)
+    self.clips_since += batch["video"].shape[0] * jax.process_count()
+
+  def write(self, step: int, metrics) -> None:
+    m = jax.device_get(metrics)
+    if not all(np.isfinite(v) for v in m.values()):
+      raise FloatingPointError(
+        f"step {step}: non-finite training metrics {m}; stopping. The last good checkpoint "
+        f"is kept in {self.workdir}/checkpoints (step {self.ckpt.latest_step()}).")
+    now = time.time()
+    m.update(lr=float(self.schedule(step - 1)),
+             clips_per_s=self.clips_since / max(now - self.t_last, 1e-9),
+             skipped=int(self.skipped.sum()))
+    self.writer.log_train(step, m)
+    self.t_last, self.clips_since = now, 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (resuming from ``workdir`` when it has checkpoints), evaluating periodically."""
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -299,85 +371,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   val_src = make_source(config, "val")
   names = labels_lib.load_labels(config, config.model.num_classes)
   run = setup(config, len(train_src))
-  c, cfg = config, run.cfg
+  c = config
   ckpt = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                     keep=c.keep_checkpoints, keep_best=c.keep_best)
-  local_batch = c.batch_size // jax.process_count()
-  mixup = None
-  if c.aug.mixup_alpha > 0 or c.aug.cutmix_alpha > 0:
-    mixup = data_lib.MixupConfig(num_classes=cfg.num_classes, mixup_alpha=c.aug.mixup_alpha,
-                                 cutmix_alpha=c.aug.cutmix_alpha,
-                                 label_smoothing=c.optim.label_smoothing)
-  train_ds = data_lib.make_train_dataset(
-    train_src, batch_size=local_batch, seed=c.seed, sampling_cfg=sampling_config(c, cfg),
-    aug=train_aug_config(c), reader=reader_config(c), num_sample=c.aug.num_sample, mixup=mixup)
-  it = data_lib.to_iterator(train_ds, num_workers=c.dataset.num_workers,
-                            read_threads=c.dataset.read_threads,
-                            prefetch_batches=c.dataset.prefetch_batches)
-
-  start = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), run.state,
-      run.state_shardings)
-    run.state, data_state = ckpt.restore(latest, abstract)
-    it.set_state(data_state)
-    start = int(run.state.step)
-    logging.info("resumed from %s step %d", workdir, start)
-
-  def next_batch():
-    b = next(it)
-    skipped = b.pop("skipped")
-    labels = b.pop("soft_label") if "soft_label" in b else b["label"]
-    return {"video": b["video"], "label": labels}, skipped
-
-  first, skipped = next_batch()
+  it = train_iterator(run, train_src)
+  step = resume(run, ckpt, it, workdir)
+  batch, skipped = _next_batch(it)
   train_step = compile_train_step(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-                                        for k, v in first.items()})
-  writer = MetricsWriter(workdir, total_steps=run.total_steps, start_step=start,
+                                        for k, v in batch.items()})
+  writer = MetricsWriter(workdir, total_steps=run.total_steps, start_step=step,
                          enabled=jax.process_index() == 0)
+  log = TrainLog(run, writer, ckpt, workdir)
   eval_every = c.eval_every_steps or run.steps_per_epoch
   ckpt_every = c.checkpoint_every_steps or run.steps_per_epoch
   preempt = Preemption()
-  skipped_total = np.zeros_like(skipped.sum(0))
   summary: dict[str, Any] = {}
-  batch = first
-  t_last, clips_since = time.time(), 0
-  schedule = lr_schedule(optim_config(c, run.steps_per_epoch, run.total_steps,
-                                      frozen=cfg.frozen))
-  step = start
   while step < run.total_steps:
-    gb = shard_lib.global_batch(batch, run.mesh, run.rules)
     data_state = it.get_state()  # position after this batch (what a resume continues from)
-    run.state, metrics = train_step(run.state, gb)
+    run.state, metrics = train_step(run.state, shard_lib.global_batch(batch, run.mesh,
+                                                                      run.rules))
     step += 1
-    skipped_total += skipped.sum(0)
-    clips_since += batch["video"].shape[0] * jax.process_count()
+    log.count(batch, skipped)
     done = step >= run.total_steps
     if step % c.log_every_steps == 0 or done:
-      m = jax.device_get(metrics)
-      if not all(np.isfinite(v) for v in m.values()):
-        raise FloatingPointError(
-          f"step {step}: non-finite training metrics {m}; stopping. The last good checkpoint "
-          f"is kept in {workdir}/checkpoints (step {ckpt.latest_step()}).")
-      now = time.time()
-      m.update(lr=float(schedule(step - 1)), clips_per_s=clips_since / max(now - t_last, 1e-9),
-               skipped=int(skipped_total.sum()))
-      writer.log_train(step, m)
-      t_last, clips_since = now, 0
+      log.write(step, metrics)
     if step % eval_every == 0 or done:
       summary = evaluate(run, val_src, workdir=workdir, step=step, names=names)
       writer.log_eval(step, summary)
     if step % ckpt_every == 0 or done or preempt.requested:
-      ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, cfg, names),
+      ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
                 metrics={"top1": summary["top1"]} if step % eval_every == 0 or done else None,
                 force=True)
     if preempt.requested:
       logging.warning("SIGTERM: saved step %d, exiting", step)
       break
     if not done:
-      batch, skipped = next_batch()
+      batch, skipped = _next_batch(it)
   ckpt.close()
   writer.close()
   return summary
