@@ -62,7 +62,9 @@ def test_reexec_opt_out_keeps_the_environment():
 @pytest.mark.skipif(not GLIBC_LINUX, reason="glibc tunables exist only on Linux with glibc")
 def test_main_runs_with_the_tunable():
   # --mode eval without --config stops with a usage error right after main() logged its setting.
-  r = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "eval"], cwd=REPO,
+  # The setting is a debug line (quiet by default): --verbosity=1 shows it.
+  r = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "eval", "--verbosity=1"],
+                     cwd=REPO,
                      env=_child_env(), capture_output=True, text=True)
   assert r.returncode != 0 and "--config is required" in r.stderr + r.stdout
   assert "GLIBC_TUNABLES='glibc.malloc.hugetlb=1'" in r.stderr

@@ -256,12 +256,14 @@ class TrainCheckpointer:
     try:
       r = self.manager.restore(step, args=ocp.args.Composite(**items))
     except ValueError as e:
-      if "Structure mismatch" not in str(e):
+      # Orbax words a stored tree that differs from the target either way, depending on
+      # whether the target carries shardings.
+      if not any(m in str(e) for m in ("Structure mismatch", "tree structures do not match")):
         raise
-      raise ValueError(
+      raise ValueError(  # one line: Orbax's own message spans several
         f"{self.directory} step {step}: the stored training state does not match this run's "
-        f"({e}). The optimizer state changed layout on 2026-12-02 (one fused AdamW state "
-        "instead of optax's chain), or the run's config differs (frozen backbone, EMA, "
+        f"({' '.join(str(e).split())}). The optimizer state changed layout on 2026-12-02 "
+        "(one fused AdamW state instead of optax's chain), or the run's config differs (frozen backbone, EMA, "
         "gradient accumulation). To continue from its weights, start a new workdir with "
         f"--config.init_from={self.directory}") from None
 
