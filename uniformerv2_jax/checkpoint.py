@@ -264,8 +264,8 @@ class TrainCheckpointer:
         f"{self.directory} step {step}: the stored training state does not match this run's "
         f"({' '.join(str(e).split())}). The optimizer state changed layout on 2026-12-02 "
         "(one fused AdamW state instead of optax's chain), or the run's config differs "
-        "(frozen backbone, EMA, gradient accumulation). To continue from its weights, start a new workdir with "
-        f"--config.init_from={self.directory}") from None
+        "(frozen backbone, EMA, gradient accumulation). To continue from its weights, start a "
+        f"new workdir with --config.init_from={self.directory}") from None
 
     def fill(abstract_tree, pure):
       tree = jax.tree.map(lambda a: a, abstract_tree)  # a State we may overwrite
