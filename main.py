@@ -170,7 +170,9 @@ def evaluate(config, directory: str, run=None) -> dict:
 def evaluate_splits(config, directory: str, splits: list[str]) -> None:
   """The usual UCF-101 / HMDB-51 figure: each split's run on its own test list, then the mean.
   Prints one JSON line per split and a final line with the means."""
-  if config.dataset.kind not in ("ucf101", "hmdb51"):
+  from uniformerv2_jax.data.splits import KINDS
+
+  if config.dataset.kind not in KINDS:
     raise app.UsageError(f"--eval_splits needs dataset.kind ucf101 or hmdb51, not "
                          f"{config.dataset.kind!r}")
   try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from uniformerv2_jax.data import splits
+
 MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
 
 # The label map shipped for each model-zoo dataset ("" = none shipped: no list could be checked
@@ -43,9 +45,7 @@ def resolve(spec: str, root: str = "") -> Path | None:
 def load_labels(config, num_classes: int, override: str = "") -> list[str] | None:
   """Names for the config's dataset (``dataset.labels``), or ``override``; None if unknown."""
   spec = override or config.dataset.labels
-  if not spec and config.dataset.kind in ("ucf101", "hmdb51"):
-    from uniformerv2_jax.data import splits  # the split files define the label map
-
+  if not spec and config.dataset.kind in splits.KINDS:  # the split files define the map
     names = splits.class_names(config.dataset.kind, config.dataset.root)
     if len(names) != num_classes:
       raise ValueError(f"{config.dataset.kind} split files under {config.dataset.root} define "

@@ -64,7 +64,7 @@ def make_source(config, split: str):
     list_file = os.path.join(d.root, getattr(d, f"{split}_list"))
     return data_lib.FrameFolderListSource(list_file, d.root, num_classes=num_classes,
                                           template=d.frame_template, bgr=d.bgr)
-  if d.kind in ("ucf101", "hmdb51"):  # the official split files (val = test: no val set)
+  if d.kind in data_lib.splits.KINDS:  # the official split files (val = test: no val set)
     return data_lib.SplitSource(d.kind, d.root, d.split, split, num_classes=num_classes)
   if d.kind == "tfds":
     return data_lib.TfdsSource(d.tfds_name, split="train" if split == "train" else split,
