@@ -23,8 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common  # noqa: E402
 from uniformerv2_jax import plan as plan_lib  # noqa: E402
+from uniformerv2_jax.configs import common  # noqa: E402
 
 DEFAULT_CASES = (
   "k400:b16_8x224:float32:none",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from configs import common
+from uniformerv2_jax.configs import common
 from uniformerv2_jax.model import ModelConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import convert_torch_weights as cli
 from tests.conftest import REPO
+from uniformerv2_jax import convert_cli as cli
 from uniformerv2_jax import predict
 from uniformerv2_jax.config_files import load_config_file, split_config_spec
 from uniformerv2_jax.model import ModelConfig

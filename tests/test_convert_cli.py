@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import convert_torch_weights as cli
 import uniformerv2_jax as u
 from tests.conftest import FIXTURES, REPO
+from uniformerv2_jax import convert_cli as cli
 
 K400 = FIXTURES / "tiny_k400"
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import convert_torch_weights as cli
 from tests.conftest import FIXTURES, REPO
 from tests.test_convert_clip import _randomise, _video_cfg, run
 from uniformerv2_jax import checkpoint as ckpt_lib
 from uniformerv2_jax import convert
+from uniformerv2_jax import convert_cli as cli
 from uniformerv2_jax.checkpoint import config_from_json, config_to_json, load_checkpoint
 from uniformerv2_jax.checkpoint_files import CheckpointError
 from uniformerv2_jax.model import ModelConfig, create_model
@@ -125,8 +125,8 @@ def test_activation_round_trips_and_old_configs_are_quick_gelu():
 
 
 def test_activation_is_a_run_config_field():
-  from configs.common import from_zoo
   from uniformerv2_jax import train
+  from uniformerv2_jax.configs.common import from_zoo
 
   config = from_zoo("k400", "b16_8x224")
   assert config.model.activation == "quick_gelu"
@@ -160,8 +160,8 @@ def test_gelu_model_exports_only_where_the_activation_survives(tmp_path):
 def test_training_from_a_gelu_tower_needs_the_gelu_config(converted):
   """``init_from`` a converted GELU tower: a run configured with QuickGELU is refused before
   any step (it would silently compute other features); with ``gelu`` the weights load."""
-  from configs.common import base_config, model_config_dict
   from uniformerv2_jax import train
+  from uniformerv2_jax.configs.common import base_config, model_config_dict
   from uniformerv2_jax.model import count_params
 
   src = load_checkpoint(converted[0]).cfg

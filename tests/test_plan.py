@@ -11,9 +11,9 @@ import sys
 import jax
 import pytest
 
-from configs import common
 from tests.conftest import FIXTURES, REPO
 from uniformerv2_jax import plan as plan_lib
+from uniformerv2_jax.configs import common
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.variants import config_from_official
 

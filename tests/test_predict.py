@@ -18,9 +18,9 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from configs import common
 from tests.conftest import FIXTURES, sampling_fixture
 from uniformerv2_jax import checkpoint, load_official, predict
+from uniformerv2_jax.configs import common
 from uniformerv2_jax.data.demo_dataset import write_mp4
 from uniformerv2_jax.model import create_model
 from uniformerv2_jax.trees import flat_state

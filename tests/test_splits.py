@@ -137,7 +137,7 @@ def test_finetune_from_converted_checkpoint_then_eval_three_splits(ucf_root, tmp
   imp = import_model(FIXTURES / "tiny_k400" / "model.npz",
                      config_from_official(FIXTURES / "tiny_k400" / "config.json"))
   save_model(k400, imp.model)
-  from configs import ucf101
+  from uniformerv2_jax.configs import ucf101
 
   config = ucf101.get_config("b16_8x224")
   assert config.dataset.kind == "ucf101" and config.init_head == "new"

@@ -1,6 +1,6 @@
 """A tiny training config for the tests: ``--config tests/tiny_train_config.py:DATASET_ROOT``."""
 
-from configs import common
+from uniformerv2_jax.configs import common
 from uniformerv2_jax.model import ModelConfig
 
 

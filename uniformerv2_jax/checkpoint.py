@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,51 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from uniformerv2_jax.errors import InputError, InputNotFound
 from uniformerv2_jax.model import ModelConfig, UniFormerV2, create_model
 from uniformerv2_jax.variants import official_from_config
+
+# Model fields that decide the parameters' shapes or what they compute: a checkpoint serves a
+# config only when these agree (the frame count, dropout rates and implementation choices may
+# differ; the input resolution may differ where prediction interpolates the positions).
+ARCH_FIELDS = ("num_classes", "patch_size", "width", "layers", "heads", "temporal_kernel",
+               "temporal_downsample", "no_lmhra", "double_lmhra", "dw_reduction", "return_list",
+               "n_layers", "n_dim", "n_head", "mlp_factor", "frozen", "activation")
+
+
+class CheckpointMismatchError(InputError):
+  """The config describes a different model than the checkpoint holds."""
+
+
+def model_differences(stored: ModelConfig, wanted: Mapping[str, Any],
+                      fields: Sequence[str]) -> list[str]:
+  """``name: checkpoint X, config Y`` for each of ``fields`` where ``wanted`` (a model config
+  mapping) differs from the checkpoint's ``stored`` config."""
+  bad = []
+  for name in fields:
+    if name not in wanted:
+      continue
+    want, have = wanted[name], getattr(stored, name)
+    if isinstance(have, tuple):
+      same = tuple(want) == have
+    elif isinstance(have, float):
+      same = math.isclose(float(want), have)
+    else:
+      same = want == have
+    if not same:
+      bad.append(f"{name}: checkpoint {have!r}, config {want!r}")
+  return bad
+
+
+def check_model_matches(directory: str | Path, wanted: Mapping[str, Any], *, action: str,
+                        hint: str) -> None:
+  """Before restoring for ``action`` (resume, evaluate): the checkpoint in ``directory`` holds
+  the model ``wanted`` describes, else one error naming every differing field."""
+  stored = config_from_json(read_config(directory)["model"])
+  bad = model_differences(stored, wanted, (*ARCH_FIELDS, "input_resolution"))
+  if bad:
+    raise CheckpointMismatchError(f"cannot {action} {directory}: its model differs from the "
+                                  f"config's ({'; '.join(bad)}). {hint}")
 
 
 def config_to_json(cfg: ModelConfig) -> dict[str, Any]:
@@ -43,7 +88,7 @@ def config_from_json(d: dict[str, Any], **overrides) -> ModelConfig:
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(d) - known)
   if unknown:
-    raise ValueError(f"checkpoint config has unknown model fields {unknown}")
+    raise InputError(f"checkpoint config has unknown model fields {unknown}")
   return ModelConfig(**{**d, **overrides})
 
 
@@ -52,7 +97,7 @@ def check_init_activation(source: ModelConfig, run: ModelConfig, where: str) -> 
   config must name the source's (``--config.model.activation=...``), as the weights compute
   their features only with it."""
   if source.activation != run.activation:
-    raise ValueError(
+    raise InputError(
       f"init_from {where}: its backbone uses activation {source.activation}, the run's config "
       f"{run.activation}; pass --config.model.activation={source.activation}")
 
@@ -73,6 +118,8 @@ def resolve_directory(directory: str | Path) -> epath.Path:
 
 
 def _manager(directory, *, read_only: bool) -> ocp.CheckpointManager:
+  if read_only and not epath.Path(directory).is_dir():
+    raise InputNotFound(f"{directory}: no such checkpoint directory")
   return ocp.CheckpointManager(
     directory,
     options=ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
@@ -120,12 +167,12 @@ def read_config(directory: str | Path, step: int | None = None) -> dict[str, Any
 def _pick_step(mngr: ocp.CheckpointManager, path, step: int | None) -> int:
   steps = list(mngr.all_steps())
   if not steps:
-    raise FileNotFoundError(f"{path}: no Orbax checkpoint steps found (expected a directory "
+    raise InputNotFound(f"{path}: no Orbax checkpoint steps found (expected a directory "
                             "written by convert_torch_weights.py or by training)")
   if step is None:
     return max(steps)
   if step not in steps:
-    raise FileNotFoundError(f"{path}: no step {step}; available: {sorted(steps)}")
+    raise InputNotFound(f"{path}: no step {step}; available: {sorted(steps)}")
   return step
 
 
@@ -143,7 +190,7 @@ def _abstract(tree, *, keep_shardings: bool = False):
   return jax.tree.map(target, tree)
 
 
-class NoEmaError(FileNotFoundError):
+class NoEmaError(InputNotFound):
   """``use_ema`` was asked of a checkpoint without an ``ema`` item."""
 
 
@@ -260,7 +307,7 @@ class TrainCheckpointer:
       # whether the target carries shardings.
       if not any(m in str(e) for m in ("Structure mismatch", "tree structures do not match")):
         raise
-      raise ValueError(  # one line: Orbax's own message spans several
+      raise InputError(  # one line: Orbax's own message spans several
         f"{self.directory} step {step}: the stored training state does not match this run's "
         f"({' '.join(str(e).split())}). The optimizer state changed layout on 2026-12-02 "
         "(one fused AdamW state instead of optax's chain), or the run's config differs "

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from uniformerv2_jax.errors import InputError
+
 TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
 FILE_SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz")
 # Top-level keys whose value is the state dict, first match wins: MMAction2 / Lightning
@@ -42,7 +44,7 @@ FILE_SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz")
 WRAPPERS = ("state_dict", "model_state", "model", "module")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
   """A checkpoint that cannot be read or does not fit the model (the message says why)."""
 
 

@@ -1,9 +1,11 @@
-"""Loading the project's Python config files, ``configs/<file>.py[:<arg>]``.
+"""Finding and loading Python config files: recipes shipped with the package by name
+(``k400:b16_8x224``, ``demo``: the files in ``uniformerv2_jax/configs/``) and config files by
+path (``configs/<file>.py[:<arg>]``, ``my_config.py``).
 
-A config file defines ``get_config(arg=None)`` and imports its shared defaults as
-``from configs import common``, so the folder above ``configs/`` must be importable while the
-file runs. It is put on ``sys.path`` for that time only: loading a config leaves the import path
-as it was.
+A config file defines ``get_config(arg=None)``. The shipped ones import their defaults from
+``uniformerv2_jax.configs.common``; a user's file may import ``from configs import common``
+beside its own ``configs/`` folder, so the folder above the file's is on ``sys.path`` while it
+runs, and only then.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from uniformerv2_jax.errors import InputNotFound
+
+RECIPES = Path(__file__).resolve().parent / "configs"
 
 
 def split_config_spec(spec: str | os.PathLike) -> tuple[Path, str]:
@@ -30,9 +36,9 @@ def load_config_file(spec: str | os.PathLike) -> Any:
 
   Raises FileNotFoundError when the file does not exist.
   """
-  path, arg = split_config_spec(spec)
+  path, arg = split_config_spec(resolve_recipe(os.fspath(spec)))
   if not path.is_file():
-    raise FileNotFoundError(f"config file {path} not found")
+    raise InputNotFound(f"config file {path} not found")
   root = str(path.resolve().parent.parent)  # the folder holding the ``configs`` package
   added = root not in sys.path
   if added:
@@ -45,3 +51,29 @@ def load_config_file(spec: str | os.PathLike) -> Any:
   finally:
     if added:
       sys.path.remove(root)
+
+
+def recipe_names() -> list[str]:
+  """The recipes shipped with the package, as ``--config`` accepts them by name."""
+  from uniformerv2_jax import zoo
+  from uniformerv2_jax.configs import transfer
+
+  names = [e.name for e in zoo.ZOO]
+  names += [f"{d}:{a}" for d in transfer.TRANSFER_DATASETS for a in transfer.ARGS]
+  return ["demo", *sorted(names)]
+
+
+def resolve_recipe(spec: str) -> str:
+  """``--config`` value -> a config file path[:arg]. A path that exists is kept; a recipe name
+  (``k400:b16_8x224``, ``demo``), or ``configs/<name>.py[:arg]`` outside a checkout, becomes the
+  package's recipe file."""
+  path, sep, arg = spec.partition(":")
+  if os.path.exists(spec) or os.path.exists(path):
+    return spec
+  name = Path(path).name
+  parent = Path(path).parent
+  if parent in (Path("."), Path("configs")):
+    stem = name[:-3] if name.endswith(".py") else name
+    if (RECIPES / f"{stem}.py").is_file() and stem not in ("__init__", "common"):
+      return f"{RECIPES / stem}.py{sep}{arg}"
+  return spec

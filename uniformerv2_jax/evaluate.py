@@ -108,22 +108,26 @@ def run_evaluation(eval_fn: Callable[[dict[str, np.ndarray]], Any],
 def write_results(workdir: str | Path, acc: ViewAccumulator, summary: dict[str, Any], *,
                   step: int, names: list[str] | None = None,
                   paths: list[str] | None = None, prefix: str = "eval") -> None:
-  """``WORKDIR/eval_results.json`` (summary) and ``WORKDIR/eval_predictions.csv`` (per video)."""
+  """``WORKDIR/eval_results.json`` (summary) and ``WORKDIR/eval_predictions.csv`` (per video).
+
+  The CSV gives classes as indices and names in separate columns; the top-5 columns are JSON
+  lists (Kinetics names contain spaces and commas, so a joined string would be ambiguous)."""
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   summary = {**summary, "step": int(step)}
   (workdir / f"{prefix}_results.json").write_text(json.dumps(summary, indent=1))
   counted = acc.seen.any(1)
+
+  def name(i: int) -> str:
+    return names[i] if names and i < len(names) else str(i)
+
   with (workdir / f"{prefix}_predictions.csv").open("w") as f:
     w = csv.writer(f)
-    w.writerow(["video_index", "path", "label", "prediction", "top5", "score", "views"])
+    w.writerow(["video_index", "path", "label_index", "label", "prediction_index", "prediction",
+                "top5_indices", "top5", "score", "views"])
     for v in np.nonzero(counted)[0]:
-      order = np.argsort(-acc.scores[v], kind="stable")[:5]
+      order = [int(i) for i in np.argsort(-acc.scores[v], kind="stable")[:5]]
       label = int(acc.labels[v])
-
-      def name(i):
-        return names[i] if names and i < len(names) else str(i)
-
-      w.writerow([int(v), paths[v] if paths else "", name(label), name(int(order[0])),
-                  " ".join(name(int(i)) for i in order),
+      w.writerow([int(v), paths[v] if paths else "", label, name(label), order[0],
+                  name(order[0]), json.dumps(order), json.dumps([name(i) for i in order]),
                   f"{acc.scores[v, order[0]] / acc.seen[v].sum():.4f}", int(acc.seen[v].sum())])

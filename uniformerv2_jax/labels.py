@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from uniformerv2_jax.data import splits
+from uniformerv2_jax.errors import InputError, InputNotFound
 
 MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
 
@@ -28,7 +29,7 @@ def available() -> list[str]:
 def read_label_file(path: str | Path, num_classes: int | None = None) -> list[str]:
   names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
   if num_classes is not None and len(names) != num_classes:
-    raise ValueError(f"{path}: {len(names)} class names, the model has {num_classes} classes")
+    raise InputError(f"{path}: {len(names)} class names, the model has {num_classes} classes")
   return names
 
 
@@ -48,14 +49,14 @@ def load_labels(config, num_classes: int, override: str = "") -> list[str] | Non
   if not spec and config.dataset.kind in splits.KINDS:  # the split files define the map
     names = splits.class_names(config.dataset.kind, config.dataset.root)
     if len(names) != num_classes:
-      raise ValueError(f"{config.dataset.kind} split files under {config.dataset.root} define "
+      raise InputError(f"{config.dataset.kind} split files under {config.dataset.root} define "
                        f"{len(names)} classes, the model has {num_classes} "
                        "(set --config.model.num_classes)")
     return names
   path = resolve(spec, config.dataset.root)
   if path is None:
     if override:
-      raise FileNotFoundError(f"label file {override!r} not found (available maps: "
+      raise InputNotFound(f"label file {override!r} not found (available maps: "
                               f"{', '.join(available()) or 'none'})")
     return None
   return read_label_file(path, num_classes)

@@ -28,6 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from uniformerv2_jax import ops
 from uniformerv2_jax.activation_sharding import constrain_batch
+from uniformerv2_jax.errors import InputError
 
 # Collections whose parameters carry a leading stacked-layer axis.
 STACKED = ("resblocks", "dpe", "dec")
@@ -105,7 +106,7 @@ class ModelConfig:
     if self.remat_policy not in REMAT_POLICIES:
       problems.append(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
     if problems:
-      raise ValueError("Invalid UniFormerV2 config: " + "; ".join(problems))
+      raise InputError("Invalid UniFormerV2 config: " + "; ".join(problems))
 
   # Derived sizes (official formulas).
   @property

@@ -53,6 +53,7 @@ import numpy as np
 from uniformerv2_jax import flops as flops_lib
 from uniformerv2_jax import sharding as shard_lib
 from uniformerv2_jax import train as train_lib
+from uniformerv2_jax.errors import InputError
 from uniformerv2_jax.model import abstract_model, count_params
 from uniformerv2_jax.ops import target_platform
 from uniformerv2_jax.optim import OptimConfig, make_optimizer
@@ -122,7 +123,7 @@ def _bytes_per_device(tree, shardings) -> int:
 
 
 # ----------------------------------------------------------------------------- target devices
-class TopologyError(ValueError):
+class TopologyError(InputError):
   """A ``--topology`` that cannot be planned for (malformed, unknown chip, no ``libtpu``)."""
 
 
@@ -188,7 +189,7 @@ def make_plan_mesh(config, devices):
   try:
     return shard_lib.make_mesh(config.mesh.to_dict(), devices)
   except ValueError as e:
-    raise ValueError(
+    raise InputError(
       f"{e}. A plan on the local backend can only use the {len(devices)} local device(s): "
       "set config.mesh to fit them, give a TPU topology (with libtpu), or simulate N CPU "
       "devices with XLA_FLAGS=--xla_force_host_platform_device_count=N JAX_PLATFORMS=cpu"
@@ -264,7 +265,7 @@ def plan(config, *, device_memory_gb: float | None = None, topology: str | None 
   divisor = shard_lib.batch_divisor(mesh, run.rules)
   clips = int(batch_size or config.batch_size * config.aug.num_sample)
   if clips % divisor:
-    raise ValueError(f"global batch {clips} does not divide over {divisor} batch shards")
+    raise InputError(f"global batch {clips} does not divide over {divisor} batch shards")
   if device_memory_gb is None:
     device_memory_gb = _default_memory_gb(devices, topology, backend)
   st, sh = run.state, run.state_shardings

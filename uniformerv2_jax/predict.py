@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from uniformerv2_jax import labels as labels_lib
+from uniformerv2_jax.checkpoint import CheckpointMismatchError  # noqa: F401 (public here too)
 from uniformerv2_jax.data.pipeline import (
   ReaderConfig,
   SamplingConfig,
@@ -53,6 +53,7 @@ from uniformerv2_jax.data.sources import (  # noqa: F401 (find_videos, frame_fil
   video_record,
 )
 from uniformerv2_jax.data.transforms import EvalConfig
+from uniformerv2_jax.errors import InputError, InputNotFound
 from uniformerv2_jax.evaluate import ViewAccumulator
 from uniformerv2_jax.labels import DATASET_LABELS as ZOO_LABELS
 from uniformerv2_jax.labels import LABELS_BY_CLASS_COUNT
@@ -62,13 +63,6 @@ ADAPT_MODES = ("resize", "pos_embed")
 
 # Fields that fix the parameter shapes (or the meaning of the head): a config whose model differs
 # from the checkpoint's in any of them describes another model.
-ARCH_FIELDS = ("num_classes", "patch_size", "width", "layers", "heads", "temporal_kernel",
-               "temporal_downsample", "no_lmhra", "double_lmhra", "dw_reduction", "return_list",
-               "n_layers", "n_dim", "n_head", "mlp_factor", "frozen")
-
-
-class CheckpointMismatchError(ValueError):
-  """The config describes a different model than the checkpoint holds."""
 
 
 def notice(message: str) -> None:
@@ -191,19 +185,9 @@ def _default_views(meta: Mapping[str, Any], cfg: ModelConfig, notices: list[str]
 
 
 def _check_model(config_model: Mapping[str, Any], cfg: ModelConfig, checkpoint: str) -> None:
-  bad = []
-  for name in ARCH_FIELDS:
-    if name not in config_model:
-      continue
-    want, have = config_model[name], getattr(cfg, name)
-    if isinstance(have, tuple):
-      same = tuple(want) == have
-    elif isinstance(have, float):
-      same = math.isclose(float(want), have)
-    else:
-      same = want == have
-    if not same:
-      bad.append(f"{name}: checkpoint {have!r}, config {want!r}")
+  from uniformerv2_jax import checkpoint as ckpt_lib
+
+  bad = ckpt_lib.model_differences(cfg, config_model, ckpt_lib.ARCH_FIELDS)
   if bad:
     raise CheckpointMismatchError(
       f"checkpoint {checkpoint} does not match the config's model ({'; '.join(bad)}). Pass the "
@@ -220,7 +204,7 @@ def _adapt_resolution(model: UniFormerV2, size: int) -> UniFormerV2:
 
   cfg = model.cfg
   if size % cfg.patch_size:
-    raise ValueError(f"--adapt pos_embed: crop size {size} is not a multiple of the patch size "
+    raise InputError(f"--adapt pos_embed: crop size {size} is not a multiple of the patch size "
                      f"{cfg.patch_size}")
   values = flat_state(model)
   pe = np.asarray(values[("positional_embedding",)])
@@ -234,7 +218,7 @@ def _resolve_labels(labels: str | None, config: Mapping[str, Any] | None,
   if labels:
     path = labels_lib.resolve(labels, _get(config, "dataset.root", "") or "")
     if path is None:
-      raise FileNotFoundError(f"label file {labels!r} not found (a file with one class name per "
+      raise InputNotFound(f"label file {labels!r} not found (a file with one class name per "
                               f"line, or a shipped map: {', '.join(labels_lib.available())})")
     return labels_lib.read_label_file(path, num_classes)
   spec = _get(config, "dataset.labels", "") or default_spec
@@ -264,7 +248,7 @@ def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
   from uniformerv2_jax import checkpoint as ckpt_lib
 
   if adapt not in ADAPT_MODES:
-    raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
+    raise InputError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
   meta = ckpt_lib.read_config(checkpoint)
   cfg = ckpt_lib.config_from_json(meta["model"])
   notices: list[str] = []
@@ -473,7 +457,7 @@ def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8
   """Every view of every video through the model, ``batch_size`` views per call, averaged per
   video (a failed video's rows are NaN)."""
   if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
+    raise InputError(f"batch_size must be positive, got {batch_size}")
   views = prepared.views
   acc = _accumulator(prepared.model.cfg, len(videos), views.num_views, extract_all)
   batches = _ViewBatches(prepared, batch_size, extract_all, acc)
@@ -483,6 +467,53 @@ def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8
 
 
 # ----------------------------------------------------------------------------- entry points
+def check_output(output: str | None, what: str) -> None:
+  """Fails before any work when ``output`` could not be written: an existing directory, a path
+  below a file, or a folder without write permission (local paths; object stores are written
+  as they are)."""
+  if not output or "://" in str(output):
+    return
+  path = os.path.abspath(output)
+  if os.path.isdir(path):
+    raise InputError(f"--output {output}: is a directory; {what} is written to a file")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise InputError(f"--output {output}: {parent} is a file, not a folder")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise InputError(f"--output {output}: no permission to write in {parent}")
+
+
+def check_input(inputs: Any) -> None:
+  """A local ``--input`` path must exist before the model is loaded."""
+  if isinstance(inputs, str | os.PathLike) and "://" not in str(inputs) \
+      and not os.path.exists(inputs):
+    raise InputNotFound(f"--input {inputs}: no such file or directory (give a video file, a "
+                        "frame folder, a folder of videos or a list file)")
+
+
+def _write_atomically(output: str, write) -> None:
+  """``write(file)`` into ``output`` so that an interruption leaves the old file or the new one,
+  never half of one."""
+  from etils import epath
+
+  out = epath.Path(output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  if "://" in str(output):
+    with out.open("wb") as f:
+      write(f)
+    return
+  tmp = f"{output}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def _summary(prepared: Prepared, results: VideoResults) -> str:
   failed = sum(e is not None for e in results.errors)
   return (f"{len(results.videos) - failed} of {len(results.videos)} videos processed"
@@ -521,6 +552,10 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
   model resolution, or ``pos_embed``: interpolate the positional embedding to the crop size).
   ``use_ema``: the checkpoint's EMA weights (``checkpoint.NoEmaError`` when it has none).
   """
+  if topk < 1:
+    raise InputError(f"topk must be at least 1, got {topk}")
+  check_input(inputs)
+  check_output(output, "the predictions JSON")
   prepared = prepare(checkpoint, config, labels=labels, adapt=adapt, use_ema=use_ema)
   videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
   results = run_videos(prepared, videos, batch_size=batch_size, read_threads=read_threads,
@@ -531,11 +566,7 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
     entries.append({"video": path, "error": err,
                     "topk": [] if err else topk_entries(results.probs[v], prepared.names, topk)})
   if output:
-    from etils import epath
-
-    out = epath.Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(entries, indent=1))
+    _write_atomically(str(output), lambda f: f.write(json.dumps(entries, indent=1).encode()))
   if verbose:
     print(format_table(entries))
     print(_summary(prepared, results) + (f"; wrote {output}" if output else ""))
@@ -556,9 +587,11 @@ def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
   the paths in ``<stem>.videos.txt`` beside it). ``use_ema``: as :func:`predict_videos`.
   """
   if output and not str(output).endswith((".npz", ".npy")):
-    raise ValueError(f"--output {output}: use a .npz (or, for the features only, .npy) file")
+    raise InputError(f"--output {output}: use a .npz (or, for the features only, .npy) file")
   if output and extract_all and str(output).endswith(".npy"):
-    raise ValueError("--extract_all writes several arrays: use a .npz output")
+    raise InputError("--extract_all writes several arrays: use a .npz output")
+  check_input(inputs)
+  check_output(output, "the features")
   prepared = prepare(checkpoint, config, adapt=adapt, use_ema=use_ema)
   videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
   results = run_videos(prepared, videos, batch_size=batch_size, extract_all=extract_all,
@@ -577,19 +610,13 @@ def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
 
 
 def _write_features(output: str, out: Mapping[str, Any]) -> None:
-  from etils import epath
-
-  path = epath.Path(output)
-  path.parent.mkdir(parents=True, exist_ok=True)
   arrays = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
   if output.endswith(".npy"):
-    with path.open("wb") as f:
-      np.save(f, arrays["features"])
-    side = path.parent / (path.name[: -len(".npy")] + ".videos.txt")
-    side.write_text("".join(f"{v}\n" for v in out["videos"]))
+    _write_atomically(output, lambda f: np.save(f, arrays["features"]))
+    side = output[: -len(".npy")] + ".videos.txt"
+    _write_atomically(side, lambda f: f.write("".join(f"{v}\n" for v in out["videos"]).encode()))
     return
   arrays.update(videos=np.asarray(out["videos"], dtype=str),
                 errors=np.asarray([e or "" for e in out["errors"]], dtype=str),
                 num_views=np.asarray(out["num_views"]))
-  with path.open("wb") as f:
-    np.savez(f, **arrays)
+  _write_atomically(output, lambda f: np.savez(f, **arrays))

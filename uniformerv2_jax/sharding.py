@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from uniformerv2_jax.activation_sharding import batch_axes
+from uniformerv2_jax.errors import InputError
 from uniformerv2_jax.model import STACKED
 
 AXES = ("data", "fsdp", "tensor")
@@ -54,15 +55,15 @@ def make_mesh(shape: Mapping[str, int], devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(shape.get(a, 1)) for a in AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh {dict(zip(AXES, sizes, strict=True))}: at most one axis may be -1")
+    raise InputError(f"mesh {dict(zip(AXES, sizes, strict=True))}: at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {dict(zip(AXES, sizes, strict=True))} does not divide "
+      raise InputError(f"mesh {dict(zip(AXES, sizes, strict=True))} does not divide "
                        f"{len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(AXES, sizes, strict=True))} needs {math.prod(sizes)} "
+    raise InputError(f"mesh {dict(zip(AXES, sizes, strict=True))} needs {math.prod(sizes)} "
                      f"devices, {len(devices)} available")
   try:
     arr = jax.experimental.mesh_utils.create_device_mesh(sizes, devices=devices)

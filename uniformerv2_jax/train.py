@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from uniformerv2_jax import data as data_lib
 from uniformerv2_jax import evaluate as eval_lib
 from uniformerv2_jax import labels as labels_lib
 from uniformerv2_jax import sharding as shard_lib
+from uniformerv2_jax.errors import InputError
 from uniformerv2_jax.metrics_writer import MetricsWriter
 from uniformerv2_jax.model import ModelConfig, create_model
 from uniformerv2_jax.optim import OptimConfig, lr_schedule, make_optimizer
@@ -52,7 +54,19 @@ def frames_to_read(cfg: ModelConfig) -> int:
 
 
 def make_source(config, split: str):
-  """The dataset source of ``split`` (train / val / test) for the config's dataset kind."""
+  """The dataset source of ``split`` (train / val / test) for the config's dataset kind; an
+  empty one is an error naming where its videos were looked for."""
+  source = _source(config, split)
+  if len(source) == 0:
+    d = config.dataset
+    where = (os.path.join(d.root, getattr(d, f"{split}_list"))
+             if d.kind in ("video_list", "frame_folders", "demo") else
+             f"dataset.kind {d.kind} (root {d.root!r}, {split})")
+    raise InputError(f"{where}: no videos for the {split} split")
+  return source
+
+
+def _source(config, split: str):
   d = config.dataset
   num_classes = config.model.num_classes
   if d.kind == "demo":
@@ -72,7 +86,7 @@ def make_source(config, split: str):
                                label_key=d.label_key)
   if d.kind == "arrayrecord":
     return data_lib.ArrayRecordSource(os.path.join(d.root, split))
-  raise ValueError(f"unknown dataset.kind {d.kind!r} (video_list, frame_folders, ucf101, "
+  raise InputError(f"unknown dataset.kind {d.kind!r} (video_list, frame_folders, ucf101, "
                    "hmdb51, tfds, arrayrecord, demo)")
 
 
@@ -122,7 +136,7 @@ def initial_model(config, cfg: ModelConfig) -> nnx.Module:
       values[("head", "kernel")] = values[("head", "kernel")][:, : cfg.num_classes]
       values[("head", "bias")] = values[("head", "bias")][: cfg.num_classes]
     elif config.init_head == "keep":
-      raise ValueError(f"init_from {config.init_from} has a {src_cfg.num_classes}-way head, the "
+      raise InputError(f"init_from {config.init_from} has a {src_cfg.num_classes}-way head, the "
                        f"config {cfg.num_classes} classes: use init_head=new or slice")
     else:
       for p in head:
@@ -135,10 +149,10 @@ def initial_model(config, cfg: ModelConfig) -> nnx.Module:
   bad = [f"{'/'.join(p)} {values[p].shape} vs {s}" for p, s in shapes.items()
          if p in values and values[p].shape != s]
   if bad:
-    raise ValueError(f"init_from {config.init_from} does not fit the model: " + "; ".join(bad))
+    raise InputError(f"init_from {config.init_from} does not fit the model: " + "; ".join(bad))
   missing = [p for p in shapes if p not in values and p[0] != "head"]
   if missing:
-    raise ValueError(f"init_from {config.init_from} lacks " + ", ".join("/".join(p)
+    raise InputError(f"init_from {config.init_from} lacks " + ", ".join("/".join(p)
                                                                         for p in missing))
   return create_model(cfg, seed=config.seed, values=values)
 
@@ -184,7 +198,7 @@ def setup(config, train_size: int) -> Run:
   divisor = shard_lib.batch_divisor(mesh, rules)
   clips = config.batch_size * config.aug.num_sample
   if clips % divisor or config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size {config.batch_size} (x{config.aug.num_sample} samples) must "
+    raise InputError(f"batch_size {config.batch_size} (x{config.aug.num_sample} samples) must "
                      f"divide over {divisor} batch shards and {jax.process_count()} processes")
   steps_per_epoch = max(train_size // config.batch_size, 1)
   total = config.total_steps if config.total_steps > 0 else \
@@ -273,19 +287,39 @@ def evaluate(run: Run, source, *, workdir: str | None, step: int, names=None,
   return summary
 
 
-class Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly."""
+class Interruption:
+  """SIGTERM (a preemption) and a first Ctrl-C (SIGINT) set a flag. The loop finishes the step
+  it is in, saves it when a step completed since the last save, and returns; the signals are
+  caught from the start of the run, so a Ctrl-C during the first compile waits for it instead of
+  tearing the process down mid-compile. A second Ctrl-C exits at once: an unfinished save is a
+  temporary folder that the next run removes, and the checkpoints before it are intact."""
 
   def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # not the main thread
-      pass
+    self.signal: int | None = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not the main thread: the caller handles signals
+        pass
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
 
   def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.signal == signal.SIGINT:
+      print("interrupted again: exiting now", file=sys.stderr, flush=True)
+      os._exit(128 + signal.SIGINT)
+    self.signal = signum
+    if signum == signal.SIGINT:
+      print("interrupted: finishing the current step and saving it (Ctrl-C again exits now)",
+            file=sys.stderr, flush=True)
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def config_json(config) -> dict[str, Any]:
@@ -365,11 +399,34 @@ class TrainLog:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train (resuming from ``workdir`` when it has checkpoints), evaluating periodically."""
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  """Train (resuming from ``workdir`` when it has checkpoints), evaluating periodically.
+
+  Returns the last eval's summary; with ``interrupted: True`` when SIGINT stopped the run early
+  (its last completed step saved)."""
+  interrupt = Interruption()
+  try:
+    return _train(config, workdir, interrupt)
+  finally:
+    interrupt.restore()
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints must hold the model the config describes."""
+  directory = os.path.join(workdir, "checkpoints")
+  if ckpt_lib.checkpoint_steps(directory):
+    ckpt_lib.check_model_matches(
+      directory, vars(model_config(config)), action="resume",
+      hint="Resume with the config the run was started with, or use a new --workdir (with "
+           f"--config.init_from={directory} to start from its weights).")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           interrupt: Interruption) -> dict[str, Any]:
+  check_resumable(config, workdir)
   train_src = make_source(config, "train")
   val_src = make_source(config, "val")
   names = labels_lib.load_labels(config, config.model.num_classes)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   run = setup(config, len(train_src))
   c = config
   ckpt = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
@@ -384,9 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log = TrainLog(run, writer, ckpt, workdir)
   eval_every = c.eval_every_steps or run.steps_per_epoch
   ckpt_every = c.checkpoint_every_steps or run.steps_per_epoch
-  preempt = Preemption()
   summary: dict[str, Any] = {}
-  while step < run.total_steps:
+  while step < run.total_steps and not interrupt.requested:  # no step since the last save
     data_state = it.get_state()  # position after this batch (what a resume continues from)
     run.state, metrics = train_step(run.state, shard_lib.global_batch(batch, run.mesh,
                                                                       run.rules))
@@ -398,17 +454,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % eval_every == 0 or done:
       summary = evaluate(run, val_src, workdir=workdir, step=step, names=names)
       writer.log_eval(step, summary)
-    if step % ckpt_every == 0 or done or preempt.requested:
+    if step % ckpt_every == 0 or done or interrupt.requested:
       ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
                 metrics={"top1": summary["top1"]} if step % eval_every == 0 or done else None,
                 force=True)
-    if preempt.requested:
-      logging.warning("SIGTERM: saved step %d, exiting", step)
-      break
-    if not done:
+    if not done and not interrupt.requested:
       batch, skipped = _next_batch(it)
   ckpt.close()
   writer.close()
+  if interrupt.requested and step < run.total_steps:
+    what = "SIGTERM" if interrupt.signal == signal.SIGTERM else "interrupted"
+    saved = ckpt.latest_step()
+    logging.warning("%s at step %d of %d: %s; the same command resumes", what, step,
+                    run.total_steps,
+                    f"checkpoint of step {saved} kept" if saved is not None else "nothing saved")
+    if interrupt.signal == signal.SIGINT:
+      return {**summary, "interrupted": True}
   return summary
 
 

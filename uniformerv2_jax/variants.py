@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from uniformerv2_jax.errors import InputError
 from uniformerv2_jax.model import ModelConfig
 
 # What the official `uniformerv2_b16 / _l14 / _l14_336` factories hard-code.
@@ -40,19 +41,26 @@ def config_from_official(official: Mapping[str, Any] | str | Path, **overrides) 
   Without ``backbone_arch``, ``UNIFORMERV2.BACKBONE`` names the ViT size as the official
   factories do. ``overrides`` set implementation fields (``scan_layers``, ``dtype``...).
   """
+  where = "official config"
   if isinstance(official, (str, Path)):
-    official = json.loads(Path(official).read_text())
+    where = str(official)
+    try:
+      official = json.loads(Path(official).read_text())
+    except json.JSONDecodeError as e:
+      raise InputError(f"{where}: not valid JSON ({e})") from None
+  if not isinstance(official, Mapping):
+    raise InputError(f"{where}: expected a JSON object with MODEL, DATA, UNIFORMERV2")
   try:
     model, data = official["MODEL"], official["DATA"]
     u = {**OFFICIAL_DEFAULTS, **official["UNIFORMERV2"]}
   except KeyError as e:
-    raise ValueError(f"official config lacks the {e.args[0]!r} section "
+    raise InputError(f"{where} lacks the {e.args[0]!r} section "
                      "(expected MODEL, DATA, UNIFORMERV2[, backbone_arch])") from None
   arch = official.get("backbone_arch")
   if arch is None:
     name = u.get("BACKBONE")
     if name not in BACKBONES:
-      raise ValueError(f"UNIFORMERV2.BACKBONE {name!r} is not one of {sorted(BACKBONES)}; "
+      raise InputError(f"{where}: UNIFORMERV2.BACKBONE {name!r} is not one of {sorted(BACKBONES)}; "
                        "give backbone_arch explicitly")
     arch = BACKBONES[name]
   n_layers = int(u["N_LAYERS"])

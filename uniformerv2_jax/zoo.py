@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from uniformerv2_jax.errors import UnknownSetting
 from uniformerv2_jax.model import ModelConfig
 from uniformerv2_jax.variants import BACKBONES
 
@@ -291,7 +292,7 @@ def get(dataset: str, arg: str) -> ZooEntry:
     return _BY_NAME[f"{dataset}:{arg}"]
   except KeyError:
     valid = ", ".join(e.arg for e in ZOO if e.dataset == dataset) or "(unknown dataset)"
-    raise KeyError(f"no model-zoo setting {arg!r} for {dataset}; valid: {valid}") from None
+    raise UnknownSetting(f"no model-zoo setting {arg!r} for {dataset}; valid: {valid}") from None
 
 
 def entries_for(dataset: str) -> list[ZooEntry]:

@@ -28,6 +28,9 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from uniformerv2_jax.arg_types import nonnegative_int, positive_int
+from uniformerv2_jax.errors import run_main
+
 CLASSES: tuple[str, ...] = (
   "move_left",
   "move_right",
@@ -286,13 +289,13 @@ def ensure_demo_dataset(root: str, seed: int = 0) -> str:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
-  parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
+  parser.add_argument("--seed", type=nonnegative_int, default=0)
+  parser.add_argument("--train-per-class", type=positive_int, default=TRAIN_PER_CLASS)
+  parser.add_argument("--val-per-class", type=positive_int, default=VAL_PER_CLASS)
   args = parser.parse_args(argv)
   generate(args.out, args.seed, args.train_per_class, args.val_per_class)
   print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-  main()
+  run_main(main)

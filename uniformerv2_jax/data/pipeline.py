@@ -37,6 +37,7 @@ from absl import logging
 from uniformerv2_jax.data import sampling, transforms
 from uniformerv2_jax.data.sources import Record, read_clip
 from uniformerv2_jax.data.video import DEFAULT_MAX_PIXELS, SKIP_KINDS, DecodeError
+from uniformerv2_jax.errors import InputError
 
 Batch = dict[str, np.ndarray]
 
@@ -58,7 +59,7 @@ class SamplingConfig:
       return sampling.dense_train_indices(
         length, self.num_frames, self.sampling_rate, rng, self.short_video
       )
-    raise ValueError(f"unknown sampling mode {self.mode!r}")
+    raise InputError(f"unknown sampling mode {self.mode!r}")
 
   def test_indices(self, length: int, clip_index: int, num_clips: int) -> np.ndarray:
     if self.mode == "sparse":
@@ -72,7 +73,7 @@ class SamplingConfig:
         num_clips,
         self.short_video,
       )
-    raise ValueError(f"unknown sampling mode {self.mode!r}")
+    raise InputError(f"unknown sampling mode {self.mode!r}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class ReaderConfig:
 
   def __post_init__(self):
     if self.decode_threads not in ("AUTO", "FRAME", "SLICE", "NONE"):
-      raise ValueError(f"decode_threads must be AUTO, FRAME, SLICE or NONE (dataset."
+      raise InputError(f"decode_threads must be AUTO, FRAME, SLICE or NONE (dataset."
                        f"decode_threads), got {self.decode_threads!r}")
 
 

@@ -36,9 +36,11 @@ from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from uniformerv2_jax.arg_types import positive_int
 from uniformerv2_jax.data import splits
 from uniformerv2_jax.data.sources import Record, VideoListSource, encode_record
 from uniformerv2_jax.data.video import DecodeError, read_video
+from uniformerv2_jax.errors import run_main
 
 
 def _resize_short(frames: np.ndarray, short_side: int) -> np.ndarray:
@@ -201,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--subset", default="train", choices=("train", "test"))
   parser.add_argument("--prefix", default="", help="directory the list paths are relative to")
   parser.add_argument("--out", required=True)
-  parser.add_argument("--short-side", type=int, default=320)
+  parser.add_argument("--short-side", type=positive_int, default=320)
   parser.add_argument("--format", choices=("mp4", "jpeg"), default="mp4")
-  parser.add_argument("--records-per-shard", type=int, default=1000)
-  parser.add_argument("--num-classes", type=int, default=None)
+  parser.add_argument("--records-per-shard", type=positive_int, default=1000)
+  parser.add_argument("--num-classes", type=positive_int, default=None)
   parser.add_argument("--sep", default=",")
   args = parser.parse_args(argv)
   if (args.list is None) == (args.dataset is None):
@@ -223,4 +225,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_main(main)

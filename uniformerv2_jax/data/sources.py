@@ -30,6 +30,7 @@ import numpy as np
 
 from uniformerv2_jax.data import video as video_lib
 from uniformerv2_jax.data.video import Clip, DecodeError
+from uniformerv2_jax.errors import InputError, InputNotFound
 
 Record = dict[str, Any]
 IndicesFn = Callable[[int], np.ndarray]
@@ -42,7 +43,7 @@ LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-class ListFileError(ValueError):
+class ListFileError(InputError):
   """A list file that cannot be used; the message names the file and line."""
 
 
@@ -129,7 +130,7 @@ def list_file_videos(list_file: str, root: str = "") -> list[str]:
   videos = [_resolve_line(line, bases) for _, line in _list_lines(list_file)
             if not line.startswith("#")]
   if not videos:
-    raise ValueError(f"list file {list_file} names no videos")
+    raise ListFileError(f"list file {list_file} names no videos")
   return videos
 
 
@@ -174,12 +175,12 @@ def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   if os.path.isdir(path):
     found = _scan_folder(path)
     if not found:
-      raise FileNotFoundError(
+      raise InputNotFound(
         f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders (images: "
         f"{', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
     return found
   if not os.path.exists(path):
-    raise FileNotFoundError(f"input {path} does not exist (give a video file, a frame folder, a "
+    raise InputNotFound(f"input {path} does not exist (give a video file, a frame folder, a "
                             "folder of videos or a list file)")
   if os.path.splitext(path)[1].lower() not in LIST_EXTENSIONS:
     return [path]
@@ -398,13 +399,13 @@ def _video_records(paths: Sequence[str]) -> list[int] | None:
   with open(index_path, encoding="utf-8") as f:
     index = json.load(f)
   if index.get("version") != INDEX_VERSION:
-    raise ValueError(f"{index_path}: index version {index.get('version')} != {INDEX_VERSION}")
+    raise InputError(f"{index_path}: index version {index.get('version')} != {INDEX_VERSION}")
   shards = {s["name"]: s for s in index["shards"]}
   videos, offset = [], 0
   for path in paths:  # the order grain concatenates the shards in
     shard = shards.get(os.path.basename(path))
     if shard is None:
-      raise ValueError(f"{path} is not listed in {index_path}")
+      raise InputError(f"{path} is not listed in {index_path}")
     videos.extend(offset + v for v in shard["videos"])
     offset += shard["num_records"]
   return videos

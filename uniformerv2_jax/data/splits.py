@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 
 from uniformerv2_jax.data.sources import ListFileError, Record
+from uniformerv2_jax.errors import InputError
 
 KINDS = ("ucf101", "hmdb51")
 SPLITS = (1, 2, 3)
@@ -49,15 +50,15 @@ def _lines(path: str) -> list[tuple[int, str]]:
 
 def _check_kind(kind: str) -> None:
   if kind not in KINDS:
-    raise ValueError(f"dataset.kind {kind!r}: split files exist for {', '.join(KINDS)}")
+    raise InputError(f"dataset.kind {kind!r}: split files exist for {', '.join(KINDS)}")
 
 
 def _check(kind: str, split: int, subset: str) -> str:
   _check_kind(kind)
   if split not in SPLITS:
-    raise ValueError(f"dataset.split {split!r}: {kind} has splits 1, 2, 3")
+    raise InputError(f"dataset.split {split!r}: {kind} has splits 1, 2, 3")
   if subset not in ("train", "val", "test"):
-    raise ValueError(f"subset {subset!r}: expected train, val or test")
+    raise InputError(f"subset {subset!r}: expected train, val or test")
   return "train" if subset == "train" else "test"
 
 

@@ -6,7 +6,7 @@
 Arguments (model-zoo rows): b16_8x224_k710, l14_8x224_k710, l14_8x336_k710.
 """
 
-from configs import common
+from uniformerv2_jax.configs import common
 
 
 def get_config(arg: str = "b16_8x224_k710"):

@@ -6,7 +6,7 @@
 Arguments (model-zoo rows): l14_16x224_k710, l14_32x224_k710.
 """
 
-from configs import common
+from uniformerv2_jax.configs import common
 
 
 def get_config(arg: str = "l14_16x224_k710"):

@@ -8,7 +8,7 @@ l14_32x224_k710, l14_32x336_k710, l14_64x336_k710, l14_8x336_frozen, l14_8x336_k
 l14_32x336_k710_frozen.
 """
 
-from configs import common
+from uniformerv2_jax.configs import common
 
 
 def get_config(arg: str = "b16_8x224"):

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
 from uniformerv2_jax import zoo
+from uniformerv2_jax.configs import common
+from uniformerv2_jax.errors import UnknownSetting
 
 # dataset -> (classes, epochs)
 TRANSFER_DATASETS = {"ucf101": (101, 20), "hmdb51": (51, 30)}
@@ -32,7 +33,7 @@ ARGS = ("b16_8x224", "b16_8x224_k710", "l14_8x224_k710")
 
 def transfer_config(dataset: str, arg: str) -> ml_collections.ConfigDict:
   if arg not in ARGS:
-    raise KeyError(f"no {dataset} setting {arg!r}; valid: {', '.join(ARGS)}")
+    raise UnknownSetting(f"no {dataset} setting {arg!r}; valid: {', '.join(ARGS)}")
   num_classes, epochs = TRANSFER_DATASETS[dataset]
   source = zoo.get("k400", arg)  # the checkpoint fine-tuned from: same architecture
   c = common.base_config()

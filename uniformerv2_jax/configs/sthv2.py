@@ -6,7 +6,7 @@
 Arguments (model-zoo rows): b16_16x224, b16_32x224, l14_16x224, l14_32x224.
 """
 
-from configs import common
+from uniformerv2_jax.configs import common
 
 
 def get_config(arg: str = "b16_16x224"):

@@ -9,7 +9,7 @@ Arguments: b16_8x224, b16_8x224_k710, l14_8x224_k710 (the Kinetics-400 checkpoin
 from). Split 1 by default; the 3-split average is --mode eval over splits 1-3 (README).
 """
 
-from configs import transfer
+from uniformerv2_jax.configs import transfer
 
 
 def get_config(arg: str = "b16_8x224"):

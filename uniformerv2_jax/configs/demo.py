@@ -24,7 +24,7 @@ on first use (~10 s) and reused as it is afterwards; delete it after changing th
 
 import os
 
-from configs import common
+from uniformerv2_jax.configs import common
 from uniformerv2_jax.model import ModelConfig
 
 
