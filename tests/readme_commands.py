@@ -101,6 +101,22 @@ COMMANDS: dict[str, Run | InCI] = {
   "~/.cache/uniformerv2_jax/demo/val": Run(
     "demo", replace=(("~/.cache/uniformerv2_jax/demo", "{demo}"),),
     output=("10 of 10 videos processed", "move_")),
+  # -- Installed as a package (the command's code, run from the checkout as python -m)
+  "uniformerv2-jax recipes": Run(
+    "installed", replace=(("uniformerv2-jax", "python -m uniformerv2_jax"),),
+    output=("k400:b16_8x224", "ucf101:b16_8x224", "demo")),
+  "uniformerv2-jax train --config demo --workdir runs/demo": Run(
+    "installed", replace=(("uniformerv2-jax", "python -m uniformerv2_jax"),),
+    append=("--config.dataset.root={demo}", TRAIN_STEPS),
+    files=("runs/demo/checkpoints/2",), output=('"final_eval"',)),
+  "uniformerv2-jax convert --input k400_uniformerv2_b16_8x224.pyth --output k400_b16.ckpt "
+  "--config k400:b16_8x224": Run(
+    "installed", replace=(("uniformerv2-jax", "python -m uniformerv2_jax"),
+                          ("k400:b16_8x224", "{tiny}:k400:b16_8x224:tiny_k400")),
+    files=("k400_b16.ckpt/0",)),
+  "uniformerv2-jax predict --checkpoint k400_b16.ckpt --input my_video.mp4": Run(
+    "installed", replace=(("uniformerv2-jax", "python -m uniformerv2_jax"),),
+    output=("1 of 1 videos processed",)),
   # -- Converting weights
   "python convert_torch_weights.py --input k400_uniformerv2_b16_8x224.pyth --output "
   "ckpt/k400_b16 --config configs/k400.py:b16_8x224 --verify": Run(

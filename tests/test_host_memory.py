@@ -66,7 +66,7 @@ def test_main_runs_with_the_tunable():
   r = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "eval", "--verbosity=1"],
                      cwd=REPO,
                      env=_child_env(), capture_output=True, text=True)
-  assert r.returncode != 0 and "--config is required" in r.stderr + r.stdout
+  assert r.returncode != 0 and "needs --config" in r.stderr + r.stdout
   assert "GLIBC_TUNABLES='glibc.malloc.hugetlb=1'" in r.stderr
 
 

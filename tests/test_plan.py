@@ -104,14 +104,14 @@ def test_bad_topology_is_an_error_even_with_libtpu(monkeypatch, topology, messag
 
 
 @pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed: the missing-libtpu error cannot occur")
-def test_plan_cli_topology_error_is_one_line_and_exits_nonzero():
+def test_plan_cli_topology_error_is_one_line_and_exits_2():
   proc = subprocess.run(
     [sys.executable, "main.py", "--mode", "plan", "--config", "configs/demo.py",
      "--topology", "v5e:2x2", "--device_memory_gb", "1"],
     cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   assert "Traceback" not in proc.stderr, proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-    f"--mode plan: --topology v5e:2x2 needs libtpu, which is not installed: "
+    f"error: --topology v5e:2x2 needs libtpu, which is not installed: "
     f"pip install 'jax[tpu]=={jax.__version__}'"), proc.stderr
   assert "total / device" not in proc.stdout  # nothing was planned on the local backend

@@ -27,7 +27,7 @@ from tests.conftest import FIXTURES, REPO
 
 README = REPO / "README.md"
 CI_RUN = REPO / ".ci" / "run"
-CHAINS = ("demo", "convert", "train", "scale")
+CHAINS = ("demo", "convert", "train", "scale", "installed")
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 LINKED = ("main.py", "convert_torch_weights.py", "configs")  # the checkout, as the user has it
 COPIED = {  # workspace name -> fixture file (see rc.WORKSPACE_FILES)

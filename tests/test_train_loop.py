@@ -125,3 +125,85 @@ def test_sigterm_saves_exits_zero_then_resume_is_bit_identical(dataset, full_run
   assert last < STEPS, f"stopped at step {last}: too late to test a resume"
   assert checkpoint_steps(stopped) == [last]  # the step it was at when stopped
   _resume_and_compare(dataset, full_run, stopped)
+
+
+def _ckpt_entries(workdir: str) -> list[str]:
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _assert_clean_interrupt(proc: subprocess.Popen, err: bytes) -> str:
+  text = err.decode()
+  assert proc.returncode == 130, (proc.returncode, text[-3000:])  # 128 + SIGINT, no crash
+  assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+  return text
+
+
+def test_sigint_during_first_compile_then_rerun_is_bit_identical(dataset, full_run, tmp_path):
+  """Ctrl-C while the train step compiles (the checkpoint folder exists, no step has run):
+  the compile finishes, nothing is saved (no step completed), exit 130; a re-run from the same
+  workdir matches the uninterrupted run."""
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for(lambda: os.path.isdir(os.path.join(stopped, "checkpoints")), proc)
+  assert not _train_rows(stopped), "a step ran before the interrupt: not a compile-time test"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=600)
+  _assert_clean_interrupt(proc, err)
+  assert checkpoint_steps(stopped) == [] and not _train_rows(stopped)
+  _resume_and_compare(dataset, full_run, stopped)
+
+
+def test_second_sigint_exits_at_once(dataset, tmp_path):
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for(lambda: os.path.isdir(os.path.join(stopped, "checkpoints")), proc)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.2)
+  t0 = time.time()
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=600)
+  assert time.time() - t0 < 5, "the second Ctrl-C did not exit at once"
+  assert "again" in _assert_clean_interrupt(proc, err)
+
+
+def test_sigint_mid_run_saves_the_step_then_resume_is_bit_identical(dataset, full_run,
+                                                                    tmp_path):
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS, checkpoint_every=STEPS), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _wait_for(lambda: len(_train_rows(stopped)) >= 1, proc)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=600)
+  _assert_clean_interrupt(proc, err)
+  last = max(_train_rows(stopped))
+  assert last < STEPS, f"stopped at step {last}: too late to test a resume"
+  assert checkpoint_steps(stopped) == [last]  # the step it was at, between periodic saves
+  _resume_and_compare(dataset, full_run, stopped)
+
+
+def test_sigint_during_a_save_keeps_it_then_resume_is_bit_identical(dataset, full_run,
+                                                                    tmp_path):
+  """Ctrl-C while Orbax writes a checkpoint (its temporary folder exists): the save completes,
+  no temporary folder is left, exit 130; resuming matches the uninterrupted run."""
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS, checkpoint_every=1), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  saving = []
+
+  def in_a_save() -> bool:
+    saving[:] = [e for e in _ckpt_entries(stopped) if "tmp" in e]
+    return bool(saving)
+
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None and not in_a_save():
+    time.sleep(0.005)
+  assert saving, "never saw a save in progress"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=600)
+  _assert_clean_interrupt(proc, err)
+  assert not [e for e in _ckpt_entries(stopped) if "tmp" in e], _ckpt_entries(stopped)
+  assert max(checkpoint_steps(stopped)) < STEPS
+  _resume_and_compare(dataset, full_run, stopped)

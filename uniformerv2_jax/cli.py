@@ -293,6 +293,8 @@ def run_mode(config) -> int:
   from uniformerv2_jax import sharding
 
   sharding.maybe_initialize_distributed()
+  if mode in ("train", "eval"):
+    config_check.validate_on_devices(config)
   if mode == "forward":
     forward(config)
   elif mode == "plan":

@@ -2,9 +2,11 @@
 
 ``validate(config, mode)`` runs before a workdir is created, a dataset read or a model built, and
 raises one ``InputError`` that lists every problem as ``key = value: what is allowed``. It checks
-choices, ranges and the relations between keys (the batch over the mesh, the crop over the
-patch size, the model's own invariants), and the local paths a run reads. What depends on the
-files themselves (list-file lines, checkpoint contents) is checked where they are read.
+choices, ranges and the relations between keys (the crop over the patch size, the model's own
+invariants) and the local paths a run reads. ``validate_on_devices`` then checks the mesh and
+the batch sizes against the devices, once ``jax.distributed`` has been initialised (asking for
+the devices earlier would fix a single-host backend). What depends on the files themselves
+(list-file lines, checkpoint contents) is checked where they are read.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def _data(p: _Problems, mode: str) -> None:
       p.add(f"dataset.root = {root!r}: no such directory")
 
 
-def _hardware(p: _Problems, mode: str) -> None:
+def _hardware(p: _Problems) -> None:
   c = p.config
   p.check("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
   for axis in ("data", "fsdp", "tensor"):
@@ -137,8 +139,6 @@ def _hardware(p: _Problems, mode: str) -> None:
             "a positive size, or -1 (the remaining devices)")
   if p.has("mesh") and sum(_get(c, f"mesh.{a}") == -1 for a in ("data", "fsdp", "tensor")) > 1:
     p.add(f"mesh = {dict(c.mesh)}: at most one axis may be -1")
-  if mode in ("train", "eval") and not p.lines:  # the device count only once the mesh is sane
-    _batch_over_devices(p)
 
 
 def _batch_over_devices(p: _Problems) -> None:
@@ -201,12 +201,22 @@ def problems(config: Any, mode: str = "train") -> list[str]:
   _optim(p)
   _data(p, mode)
   _model(p)
-  _hardware(p, mode)
+  _hardware(p)
   return p.lines
 
 
 def validate(config: Any, mode: str = "train") -> None:
-  """Raises InputError naming every bad key of ``config`` (see :func:`problems`)."""
+  """Raises InputError naming every bad key of ``config`` (see :func:`problems`). Needs no
+  devices: it runs before ``jax.distributed`` is initialised."""
   lines = problems(config, mode)
   if lines:
     raise InputError("config: " + "; ".join(lines))
+
+
+def validate_on_devices(config: Any) -> None:
+  """The mesh and batch sizes against the devices of this run (after ``jax.distributed``):
+  raises InputError naming the key."""
+  p = _Problems(config)
+  _batch_over_devices(p)
+  if p.lines:
+    raise InputError("config: " + "; ".join(p.lines))
