@@ -106,8 +106,10 @@ def test_every_problem_is_named_at_once(dataset, tmp_path):
   (["eval", "--config", "demo", "--checkpoint", "/no/such/ckpt"], ["/no/such/ckpt"]),
   (["train", "--config", "demo", "--workdir", "w", "extra"], ["extra"]),
   (["fly"], ["fly", "train"]),
+  (["train", "--config", "demo", "--workdir", "a_file/w"], ["--workdir", "is a file"]),
 ])
 def test_bad_command_line_is_one_line(tmp_path, args, names):
+  (tmp_path / "a_file").write_text("x")
   r = run(*args, cwd=tmp_path)
   assert_user_error(r, *names)
   assert not (tmp_path / "w").exists()

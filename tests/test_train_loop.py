@@ -1,7 +1,8 @@
 """End-to-end training on a small generated dataset: the loss falls, eval runs, checkpoints,
 TensorBoard events and the plot are written; a run killed with SIGKILL and restarted, and one
-stopped with SIGTERM (it saves and exits 0) and restarted, end bit-identical to an uninterrupted
-one."""
+stopped with SIGTERM (it saves and exits 0) and restarted, and ones stopped with Ctrl-C during the
+first compile, mid-run and during a save (exit 130) and restarted, end bit-identical to an
+uninterrupted one; a second Ctrl-C exits at once."""
 
 from __future__ import annotations
 

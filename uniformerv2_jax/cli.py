@@ -273,6 +273,25 @@ def evaluate_splits(config, directory: str, splits: list[str]) -> None:
   print(json.dumps({"splits": numbers, "mean_top1": mean["top1"], "mean_top5": mean["top5"]}))
 
 
+def check_workdir(workdir: str | None) -> None:
+  """A training workdir is a folder this user can create or write in (object stores are
+  written as they are)."""
+  if not workdir:
+    raise InputError("--mode train needs --workdir DIR (checkpoints and logs go there)")
+  if "://" in workdir:
+    return
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise InputError(f"--workdir {workdir}: is a file, not a folder")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f"--workdir {workdir}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir {workdir}: no permission to write in {existing}")
+
+
 def run_mode(config) -> int:
   """The work of ``--mode``, after the config and flags were checked; the exit status."""
   from uniformerv2_jax import config_check
@@ -285,8 +304,8 @@ def run_mode(config) -> int:
   if config is None:
     raise InputError(f"--mode {mode} needs --config (a recipe such as demo or k400:b16_8x224, "
                      "or a config file)")
-  if mode == "train" and not FLAGS.workdir:
-    raise InputError("--mode train needs --workdir DIR (checkpoints and logs go there)")
+  if mode == "train":
+    check_workdir(FLAGS.workdir)
   if mode == "eval" and not (FLAGS.checkpoint or FLAGS.workdir):
     raise InputError("--mode eval needs --checkpoint DIR (or --workdir of a run)")
   config_check.validate(config, mode)

@@ -442,7 +442,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   eval_every = c.eval_every_steps or run.steps_per_epoch
   ckpt_every = c.checkpoint_every_steps or run.steps_per_epoch
   summary: dict[str, Any] = {}
-  while step < run.total_steps and not interrupt.requested:  # no step since the last save
+  saved = step  # the step the workdir holds (resumed from, or none yet)
+  while step < run.total_steps and not interrupt.requested:
     data_state = it.get_state()  # position after this batch (what a resume continues from)
     run.state, metrics = train_step(run.state, shard_lib.global_batch(batch, run.mesh,
                                                                       run.rules))
@@ -458,8 +459,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
                 metrics={"top1": summary["top1"]} if step % eval_every == 0 or done else None,
                 force=True)
+      saved = step
     if not done and not interrupt.requested:
       batch, skipped = _next_batch(it)
+  if interrupt.requested and step > saved:  # the signal came after this step's save check
+    # data_state is still the position after this step's batch: the one read since is unused.
+    ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
+              force=True)
   ckpt.close()
   writer.close()
   if interrupt.requested and step < run.total_steps:
