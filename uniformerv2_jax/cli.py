@@ -47,7 +47,7 @@ from ml_collections import config_flags
 
 from uniformerv2_jax import host_memory
 from uniformerv2_jax.config_files import recipe_names, resolve_recipe
-from uniformerv2_jax.errors import InputError, run_main
+from uniformerv2_jax.errors import InputError, check_can_write, run_main
 
 EXIT_USAGE = 2  # a usage or input error
 EXIT_PARTIAL = 3  # predict / extract finished, some inputs failed
@@ -283,13 +283,7 @@ def check_workdir(workdir: str | None) -> None:
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise InputError(f"--workdir {workdir}: is a file, not a folder")
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise InputError(f"--workdir {workdir}: {existing} is a file, not a folder")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise InputError(f"--workdir {workdir}: no permission to write in {existing}")
+  check_can_write("--workdir", workdir)
 
 
 def run_mode(config) -> int:

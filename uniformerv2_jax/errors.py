@@ -9,6 +9,7 @@ so that library callers catching ``ValueError`` keep working.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -38,3 +39,18 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
   sys.exit(status)
+
+
+def check_can_write(flag: str, value: str) -> None:
+  """The local path ``value`` of ``flag`` can be written: it is an existing folder, or its
+  nearest existing ancestor is one, that this user may write in. Raises InputError naming the
+  flag otherwise."""
+  existing = os.path.abspath(value)
+  if not os.path.isdir(existing):
+    existing = os.path.dirname(existing)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f"{flag} {value}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f"{flag} {value}: no permission to write in {existing}")

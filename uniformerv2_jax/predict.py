@@ -53,7 +53,7 @@ from uniformerv2_jax.data.sources import (  # noqa: F401 (find_videos, frame_fil
   video_record,
 )
 from uniformerv2_jax.data.transforms import EvalConfig
-from uniformerv2_jax.errors import InputError, InputNotFound
+from uniformerv2_jax.errors import InputError, InputNotFound, check_can_write
 from uniformerv2_jax.evaluate import ViewAccumulator
 from uniformerv2_jax.labels import DATASET_LABELS as ZOO_LABELS
 from uniformerv2_jax.labels import LABELS_BY_CLASS_COUNT
@@ -476,13 +476,7 @@ def check_output(output: str | None, what: str) -> None:
   path = os.path.abspath(output)
   if os.path.isdir(path):
     raise InputError(f"--output {output}: is a directory; {what} is written to a file")
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise InputError(f"--output {output}: {parent} is a file, not a folder")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise InputError(f"--output {output}: no permission to write in {parent}")
+  check_can_write("--output", str(output))
 
 
 def check_input(inputs: Any) -> None:
