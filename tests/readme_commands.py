@@ -73,6 +73,10 @@ WORKSPACE_FILES = {
   "my_video.mp4": "a generated 12-frame 48x64 H.264 clip",
   "videos/": "two generated clips (different sizes and lengths)",
   "list.csv": "official list lines: my_video.mp4,3 and videos/b.mp4,1",
+  "timm/vit_base_patch16_224.augreg_in21k, timm/deit_base_patch16_224, "
+  "timm/vit_base_patch14_dinov2": "fixtures towers/supervised, deit, dinov2 (timm folders)",
+  "mae_pretrain_vit_base.pth": "fixture towers/mae_official/mae_pretrain.pth",
+  "google/vit-base-patch16-224-in21k": "a tiny random transformers ViTModel (save_pretrained)",
   "{demo}": "demo dataset, demo_dataset.generate(train_per_class=2, val_per_class=1)",
   "{k400}": "the same generator (10 classes) plus test.csv = val.csv",
   "{ucf101}": "a 3-class UCF-101 archive in the official layout (tests/fake_archives.py)",
@@ -130,6 +134,27 @@ COMMANDS: dict[str, Run | InCI] = {
   "configs/k400.py:b16_8x224 --clip-activation quick_gelu": Run(
     "train", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_clip"),),
     files=("ckpt/clip_b16",)),
+  "python convert_torch_weights.py --input timm/vit_base_patch16_224.augreg_in21k --output "
+  "ckpt/vit_in21k --config configs/k400.py:b16_8x224": Run(
+    "convert", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_tower"),),
+    files=("ckpt/vit_in21k/0",), output=("tower: supervised",)),
+  "python convert_torch_weights.py --input timm/deit_base_patch16_224 --output ckpt/deit "
+  "--config configs/k400.py:b16_8x224": Run(
+    "convert", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_tower"),),
+    files=("ckpt/deit/0",), output=("tower: deit",)),
+  "python convert_torch_weights.py --input mae_pretrain_vit_base.pth --output ckpt/mae --config "
+  "configs/k400.py:b16_8x224 --timm-model vit_base_patch16_224.mae": Run(
+    "convert", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_tower"),),
+    files=("ckpt/mae/0",), output=("tower: mae", "antialiased")),
+  "python convert_torch_weights.py --input timm/vit_base_patch14_dinov2 --output ckpt/dinov2 "
+  "--config configs/k400.py:b16_8x224 --config.model.patch_size=14": Run(
+    "convert", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_dinov2"),),
+    files=("ckpt/dinov2/0",), output=("tower: dinov2", "layer_scale True",
+                                      "--config.model.layer_scale=True")),
+  "python convert_torch_weights.py --input google/vit-base-patch16-224-in21k --output "
+  "ckpt/hf_vit --config configs/k400.py:b16_8x224": Run(
+    "convert", replace=(("configs/k400.py:b16_8x224", "{tiny}:k400:b16_8x224:tiny_tower"),),
+    files=("ckpt/hf_vit/0",), output=("tower: hf_vit", "layer_norm_eps 1e-12")),
   "python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.pyth": Run(
     "convert", files=("k400_b16.pyth",)),
   "python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.safetensors": Run(

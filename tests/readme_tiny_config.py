@@ -12,7 +12,9 @@ command runs on a CPU in seconds. ``MODEL``:
 * ``tiny_k400``: the model of the ``tiny_k400`` fixture in ``tests/fixtures`` (its checkpoint
   stands in for ``k400_uniformerv2_b16_8x224.pyth``);
 * ``tiny_clip``: the zoo model's design on the backbone of the ``tiny_clip`` fixture (its CLIP
-  stands in for ``ViT-B-16.pt``).
+  stands in for ``ViT-B-16.pt``);
+* ``tiny_tower`` / ``tiny_dinov2``: the backbones of the ``towers`` fixtures (timm and Hugging
+  Face ViTs standing in for the full-size towers).
 
 The data side fits the 10-class generated dataset (``uniformerv2_jax.data.demo_dataset``)
 the README test writes: 10 classes, its ``labels.txt``, 32x32 crops, 1 test view (UCF-101 /
@@ -40,8 +42,13 @@ def _tiny_model(zoo: ModelConfig, kind: str) -> ModelConfig:
     width, layers, heads, patch, res = 128, 2, 2, 8, 32
   elif kind == "tiny":
     width, layers, heads, patch, res = 32, 2, 2, 8, 32
+  elif kind == "tiny_tower":  # the timm / HF ViT fixtures in fixtures/towers (patch 16)
+    width, layers, heads, patch, res = 32, 2, 2, 16, 32
+  elif kind == "tiny_dinov2":  # fixtures/towers/dinov2 (patch 14, used at 42 px)
+    width, layers, heads, patch, res = 32, 2, 2, 14, 42
   else:
-    raise ValueError(f"unknown tiny model {kind!r} (tiny, tiny_k400, tiny_clip)")
+    raise ValueError(f"unknown tiny model {kind!r} (tiny, tiny_k400, tiny_clip, tiny_tower, "
+                     "tiny_dinov2)")
   n = min(zoo.n_layers, layers)
   return zoo.replace(
     num_classes=NUM_CLASSES, num_frames=4, input_resolution=res, patch_size=patch, width=width,

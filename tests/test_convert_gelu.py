@@ -134,8 +134,8 @@ def test_activation_is_a_run_config_field():
   assert train.model_config(config).activation == "gelu"
   src = _video_cfg(activation="gelu")
   with pytest.raises(ValueError, match="--config.model.activation=gelu"):
-    ckpt_lib.check_init_activation(src, _video_cfg(), "ckpt/laion")
-  ckpt_lib.check_init_activation(src, src, "ckpt/laion")
+    ckpt_lib.check_init_tower(src, _video_cfg(), "ckpt/laion")
+  ckpt_lib.check_init_tower(src, src, "ckpt/laion")
 
 
 def test_gelu_model_exports_only_where_the_activation_survives(tmp_path):
@@ -148,11 +148,12 @@ def test_gelu_model_exports_only_where_the_activation_survives(tmp_path):
   back = convert.import_model(tmp_path / "m.safetensors")
   assert back.cfg.activation == "gelu"
   # A config that disagrees with the one the file carries is refused.
-  with pytest.raises(CheckpointError, match="config has activation quick_gelu.*gelu"):
+  with pytest.raises(CheckpointError,
+                     match="image tower differs.*activation: checkpoint gelu, config quick_gelu"):
     convert.import_model(tmp_path / "m.safetensors", _video_cfg())
   # An official checkpoint (QuickGELU by construction) with a gelu config: refused too.
   k400 = FIXTURES / "tiny_k400"
-  with pytest.raises(CheckpointError, match="hard-code QuickGELU"):
+  with pytest.raises(CheckpointError, match="hard-code OpenAI CLIP"):
     convert.import_model(k400 / "model.npz",
                    config_from_official(k400 / "config.json", activation="gelu"))
 
@@ -168,7 +169,7 @@ def test_training_from_a_gelu_tower_needs_the_gelu_config(converted):
   config = base_config()
   config.model = model_config_dict(src.replace(activation="quick_gelu"))
   config.init_from = str(converted[0])
-  with pytest.raises(ValueError, match="its backbone uses activation gelu.*"
+  with pytest.raises(ValueError, match="its image tower differs.*activation: checkpoint gelu.*"
                                        "--config.model.activation=gelu"):
     train.initial_model(config, train.model_config(config))
   config.model.activation = "gelu"

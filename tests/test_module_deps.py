@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import REPO
 
-CONVERSION_MODULES = ("uniformerv2_jax.convert", "uniformerv2_jax.mapping",
+CONVERSION_MODULES = ("uniformerv2_jax.convert", "uniformerv2_jax.mapping", "uniformerv2_jax.towers",
                       "uniformerv2_jax.checkpoint_files")
 
 

@@ -39,6 +39,10 @@ COPIED = {  # workspace name -> fixture file (see rc.WORKSPACE_FILES)
   "features.npy": "tiny_k400/features.npy",
   "mmaction2_uniformerv2.pth": "tiny_k400_mmaction2/model.pth",
   "ViT-B-16.pt": "tiny_clip/clip.pth",
+  "timm/vit_base_patch16_224.augreg_in21k": "towers/supervised",
+  "timm/deit_base_patch16_224": "towers/deit",
+  "timm/vit_base_patch14_dinov2": "towers/dinov2",
+  "mae_pretrain_vit_base.pth": "towers/mae_official/mae_pretrain.pth",
 }
 
 
@@ -117,6 +121,16 @@ def _frames(h: int, w: int, t: int, seed: int) -> np.ndarray:
   return np.clip(grad + rng.normal(0, 8, (t, h, w, 3)), 0, 255).astype(np.uint8)
 
 
+def _hf_vit(folder) -> None:
+  """A tiny random ViTModel in the google/vit-base-patch16-224-in21k layout (with its pooler)."""
+  import torch
+  from transformers import ViTConfig, ViTModel
+
+  torch.manual_seed(0)
+  ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, image_size=32, patch_size=16)).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Context:
   from uniformerv2_jax import checkpoint, load_official
@@ -126,7 +140,12 @@ def workspace(tmp_path_factory) -> Context:
   for name in LINKED:
     (ws / name).symlink_to(REPO / name)
   for name, src in COPIED.items():
-    shutil.copy(FIXTURES / src, ws / name)
+    (ws / name).parent.mkdir(parents=True, exist_ok=True)
+    if (FIXTURES / src).is_dir():
+      shutil.copytree(FIXTURES / src, ws / name)
+    else:
+      shutil.copy(FIXTURES / src, ws / name)
+  _hf_vit(ws / "google" / "vit-base-patch16-224-in21k")
   k400 = FIXTURES / "tiny_k400"
   checkpoint.save_model(ws / "ckpt_dir", load_official(k400 / "model.pth", k400 / "config.json"))
   write_mp4(str(ws / "my_video.mp4"), _frames(48, 64, 12, 0), fps=10)

@@ -28,7 +28,7 @@ from etils import epath
 from flax import nnx
 
 from uniformerv2_jax.errors import InputError, InputNotFound
-from uniformerv2_jax.model import ModelConfig, UniFormerV2, create_model
+from uniformerv2_jax.model import TOWER_FIELDS, ModelConfig, UniFormerV2, create_model
 from uniformerv2_jax.variants import official_from_config
 
 # Model fields that decide the parameters' shapes or what they compute: a checkpoint serves a
@@ -36,7 +36,7 @@ from uniformerv2_jax.variants import official_from_config
 # differ; the input resolution may differ where prediction interpolates the positions).
 ARCH_FIELDS = ("num_classes", "patch_size", "width", "layers", "heads", "temporal_kernel",
                "temporal_downsample", "no_lmhra", "double_lmhra", "dw_reduction", "return_list",
-               "n_layers", "n_dim", "n_head", "mlp_factor", "frozen", "activation")
+               "n_layers", "n_dim", "n_head", "mlp_factor", "frozen", *TOWER_FIELDS)
 
 
 class CheckpointMismatchError(InputError):
@@ -92,14 +92,17 @@ def config_from_json(d: dict[str, Any], **overrides) -> ModelConfig:
   return ModelConfig(**{**d, **overrides})
 
 
-def check_init_activation(source: ModelConfig, run: ModelConfig, where: str) -> None:
-  """Refuse to start a run from weights trained with another backbone activation: the run's
-  config must name the source's (``--config.model.activation=...``), as the weights compute
-  their features only with it."""
-  if source.activation != run.activation:
-    raise InputError(
-      f"init_from {where}: its backbone uses activation {source.activation}, the run's config "
-      f"{run.activation}; pass --config.model.activation={source.activation}")
+def check_init_tower(source: ModelConfig, run: ModelConfig, where: str) -> None:
+  """Refuse to start a run from an image tower other than the one the run's config describes
+  (activation, patch bias, pre-norm, LayerNorm eps, layer scale): the weights compute their
+  features only with their own options. The error names each field and the overrides to add."""
+  bad = [k for k in TOWER_FIELDS if getattr(source, k) != getattr(run, k)]
+  if bad:
+    fields = "; ".join(f"{k}: checkpoint {getattr(source, k)}, config {getattr(run, k)}"
+                       for k in bad)
+    flags = " ".join(f"--config.model.{k}={getattr(source, k)}" for k in bad)
+    raise InputError(f"init_from {where}: its image tower differs from the run's config "
+                     f"({fields}); pass {flags}")
 
 
 def absolute(directory: str | Path) -> epath.Path:

@@ -311,7 +311,8 @@ def _json_near(path: Path, name: str) -> dict[str, Any] | None:
 
 def _hf_config_near(path: Path) -> dict[str, Any] | None:
   d = _json_near(path, "config.json")
-  if d is not None and str(d.get("model_type", "")).startswith("clip"):
+  if d is not None and (str(d.get("model_type", "")).startswith("clip")
+                        or d.get("model_type") == "vit"):
     return d
   return None
 

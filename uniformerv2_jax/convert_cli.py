@@ -9,18 +9,23 @@ DST becomes an Orbax checkpoint directory, whatever it is called, that
   clip       OpenAI CLIP: full state dict, the official recipe's visual-only extraction
              (vit_b16.pth ...), or the released TorchScript .pt archive (tensors read, no code run)
   hf         Hugging Face CLIPVisionModel / CLIPModel (.safetensors, .bin, or the model directory)
-  timm       timm CLIP ViT state dict (vit_base_patch16_clip_224.openai layout)
-The format is detected from the key names (--format to insist). CLIP-like sources initialise
-the backbone exactly as the official loader does (centre-inflated patch kernel, float32; ln_post,
-proj and the text tower dropped; a positional embedding for another resolution is resized by
-bicubic interpolation); everything else keeps the official initialisation.
+  hf_vit     Hugging Face ViTModel (the model directory, e.g. google/vit-base-patch16-224-in21k)
+  timm       timm ViTs: a folder as timm writes it (config.json + model.safetensors or
+             pytorch_model.bin) or a bare state dict: CLIP, supervised / augreg, DeiT, MAE (also
+             the official MAE release's {'model': ...}) and DINOv2 towers
+The format is detected from the key names (--format to insist). Image towers initialise the
+backbone as the official loader does with CLIP (centre-inflated patch kernel, float32; the
+image head and text tower dropped; a positional embedding for another resolution is resized as
+the tower's own library resizes it); everything else keeps the official initialisation.
 
-A CLIP tower brings its MLP activation into the model config: QuickGELU (OpenAI CLIP) or exact
-GELU (open_clip's LAION ViT-B-16, timm vit_*_clip_* without "quickgelu"). It is read from what
-the source records (a Hugging Face config.json's hidden_act, a timm hub config.json's model
-name, an open_clip_config.json, a TorchScript archive's activation modules); a bare state dict
-records nothing, and then --clip-activation quick_gelu|gelu must say it (no guessing). Stating
-one that the source contradicts is an error.
+A tower brings its options into the model config (activation, patch bias, pre-norm, LayerNorm
+eps, layer scale): read from what the source records (a timm config.json's model name, a Hugging
+Face config.json, an open_clip_config.json, a TorchScript archive's activation modules) or
+from what its keys show (norm_pre: CLIP; layer scale: DINOv2). Where neither tells, the
+command says which option to add: --timm-model NAME for timm towers (e.g.
+vit_base_patch16_224.mae), --clip-activation quick_gelu|gelu for CLIP towers. Nothing is
+guessed, and an option that the source contradicts is an error. The config's geometry can be
+changed as main.py's is: --config.model.patch_size=14 for a B/14 tower.
 
 Export (SRC an Orbax directory written by this project): DST's extension picks the file format,
 the official flat state dict (.pth/.pyth via torch.save, or .safetensors/.npz), or with --format
@@ -37,6 +42,10 @@ Examples:
       --config zoo:k400:b16_8x224 --clip-activation quick_gelu
   python convert_torch_weights.py --input laion_vit_b16.pth --output ckpt/laion_init \\
       --config zoo:k400:b16_8x224 --clip-activation gelu
+  python convert_torch_weights.py --input timm/vit_base_patch14_dinov2 --output ckpt/dinov2 \
+      --config configs/k400.py:b16_8x224 --config.model.patch_size=14
+  python convert_torch_weights.py --input mae_pretrain_vit_base.pth --output ckpt/mae \
+      --config configs/k400.py:b16_8x224 --timm-model vit_base_patch16_224.mae
   python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.pyth --verify
   python convert_torch_weights.py --input ckpt/k400_b16 --output mm.pth --format mmaction2
 
@@ -82,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   cfg.add_argument("--config", metavar="CONFIG",
                    help="a project config, configs/<file>.py:<arg> (its config.model), or "
                         "zoo:<dataset>:<arg> for a model-zoo row, e.g. zoo:k400:b16_8x224")
-  p.add_argument("--format", choices=("official", "mmaction2", "clip", "hf", "timm"),
+  p.add_argument("--format", choices=("official", "mmaction2", "clip", "hf", "hf_vit", "timm"),
                  help="import: insist on this source format (default: detected from the keys); "
                       "export: official (default) or mmaction2")
   p.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
@@ -90,6 +99,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       "(quick_gelu: OpenAI CLIP; gelu: exact GELU, e.g. open_clip ViT-B-16 on "
                       "LAION, timm vit_*_clip_* without quickgelu). Required when the source "
                       "does not record it; an error when it contradicts the source")
+  p.add_argument("--timm-model", metavar="NAME",
+                 help="the timm model a bare timm state dict is (architecture[.tag], e.g. "
+                      "vit_base_patch16_224.augreg_in21k, deit_base_patch16_224, "
+                      "vit_base_patch16_224.mae, vit_base_patch14_dinov2); read from the "
+                      "config.json of a timm folder")
   p.add_argument("--verify", action="store_true",
                  help="reload what was written and compare every tensor and a forward pass on a "
                       "random clip with the source; prints PASS/FAIL, exit status 1 on FAIL")
@@ -103,7 +117,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="replace an existing output file or Orbax checkpoint directory")
   p.add_argument("--verbose", "-v", action="store_true",
                  help="list every tensor in the summary and the --verify report")
-  return p.parse_args(argv)
+  args, rest = p.parse_known_args(argv)
+  args.model_overrides = {}
+  for item in rest:
+    m = re.fullmatch(r"--config\.model\.(\w+)=(.*)", item)
+    if m is None:
+      p.error(f"unrecognized argument {item} (config overrides are --config.model.FIELD=VALUE)")
+    args.model_overrides[m.group(1)] = m.group(2)
+  return args
+
+
+def apply_model_overrides(cfg, overrides: Mapping[str, str]):
+  """``--config.model.FIELD=VALUE`` on a ModelConfig, each value read as the field's type."""
+  import ast
+  import dataclasses
+
+  if not overrides:
+    return cfg
+  if cfg is None:
+    raise UsageError("--config.model.* overrides need --config or --official-config")
+  fields = {f.name: f for f in dataclasses.fields(cfg)}
+  changes = {}
+  for name, text in overrides.items():
+    if name not in fields:
+      raise UsageError(f"--config.model.{name}: no such model field (one of "
+                       f"{', '.join(sorted(fields))})")
+    current = getattr(cfg, name)
+    try:
+      if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(text)
+        value = text.lower() in ("true", "1")
+      elif isinstance(current, (int, float)):
+        value = type(current)(text)
+      elif isinstance(current, tuple):
+        value = tuple(ast.literal_eval(text))
+      else:
+        value = text
+    except (ValueError, SyntaxError):
+      raise UsageError(f"--config.model.{name}={text}: expected a {type(current).__name__}, as "
+                       f"the current value {current!r}") from None
+    changes[name] = value
+  return cfg.replace(**changes)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -180,6 +235,9 @@ def summary(imp, dst: Path, verbose: bool) -> None:
       f"{imp.cfg.input_resolution}px, {imp.cfg.num_frames} frames, "
       f"{imp.cfg.num_classes} classes{', frozen' if imp.cfg.frozen else ''}, "
       f"activation {imp.cfg.activation}")
+  if imp.tower is not None:
+    options = ", ".join(f"{k} {v}" for k, v in imp.tower.options.items())
+    say(f"tower: {imp.tower.family} ({options})")
   say(f"converted: {len(c.state)} tensors into the model ({c.renamed} renamed)")
   if c.inflated:
     say("inflated: " + "; ".join(c.inflated))
@@ -194,10 +252,12 @@ def summary(imp, dst: Path, verbose: bool) -> None:
     say(f"ignored ({len(c.ignored)} source tensors not used by the video model):")
     say(grouped(c.ignored, verbose))
   if imp.kept_at_init:
-    why = "not in a CLIP image tower" if c.partial else "missing from the checkpoint"
+    why = "not in an image tower" if c.partial else "missing from the checkpoint"
     say(f"kept at official init ({len(imp.kept_at_init)} tensors, {why}):")
     say(grouped(imp.kept_at_init, verbose))
   say(f"wrote: {dst}")
+  if imp.tower is not None and imp.tower.overrides():
+    say(f"train from it with: --config.init_from={dst} {imp.tower.overrides()}")
 
 
 # ----------------------------------------------------------------------------- verification
@@ -324,14 +384,17 @@ def run_import(args, src_path: Path, dst: Path) -> int:
         f"{', ...' if len(others) > 4 else ''}): --overwrite replaces only what this converter "
         "wrote, never a training run; choose another --output")
     shutil.rmtree(dst)
-  cfg = resolve_config(args)
+  cfg = apply_model_overrides(resolve_config(args), args.model_overrides)
   imp = convert.import_model(src_path, cfg, args.format, allow_missing=args.allow_missing,
-                       seed=args.seed, clip_activation=args.clip_activation)
+                             seed=args.seed, clip_activation=args.clip_activation,
+                             timm_model=args.timm_model)
   extra = {"source": "convert_torch_weights.py", "format": imp.converted.fmt,
            "converted_from": str(src_path.resolve()),
            "kept_at_init": len(imp.kept_at_init), "init_seed": args.seed}
   if getattr(args, "zoo_name", None):
     extra["zoo"] = args.zoo_name
+  if imp.tower is not None:
+    extra["tower"] = imp.tower.family
   save_model(dst.resolve(), imp.model, step=0, extra_config=extra)
   summary(imp, dst, args.verbose)
   if args.verify:

@@ -110,6 +110,10 @@ def _block_rules(cfg: ModelConfig) -> list[Rule]:
       Rule(f"{t}.3.bias", f + ("up", "bias")),
     ]
   rules += _attention_block_rules("transformer.resblocks.{i}", "resblocks", ln3=False)
+  if cfg.layer_scale:
+    # Not in the official code (CLIP has no layer scale); named as open_clip names its own.
+    rules += [Rule("transformer.resblocks.{i}.ls_1.gamma", ("resblocks", "ls_1")),
+              Rule("transformer.resblocks.{i}.ls_2.gamma", ("resblocks", "ls_2"))]
   return rules
 
 
@@ -140,10 +144,12 @@ def mapping_rules(cfg: ModelConfig) -> list[Rule]:
     Rule("class_embedding", ("class_embedding",)),
     Rule("positional_embedding", ("positional_embedding",)),
     Rule("conv1.weight", ("conv1", "kernel"), "conv3d"),
-    Rule("ln_pre.weight", ("ln_pre", "scale")),
-    Rule("ln_pre.bias", ("ln_pre", "bias")),
-    Rule("transformer.temporal_cls_token", ("temporal_cls_token",)),
   ]
+  if cfg.patch_bias:  # towers other than CLIP; the official code has no such key
+    rules.append(Rule("conv1.bias", ("conv1", "bias")))
+  if cfg.ln_pre:
+    rules += [Rule("ln_pre.weight", ("ln_pre", "scale")), Rule("ln_pre.bias", ("ln_pre", "bias"))]
+  rules.append(Rule("transformer.temporal_cls_token", ("temporal_cls_token",)))
   if not cfg.frozen:
     rules.append(Rule("transformer.balance", ("balance",)))
   rules += _block_rules(cfg)
@@ -482,12 +488,6 @@ def mmaction2_config_text(cfg: ModelConfig) -> str:
 # --- OpenAI CLIP image tower ------------------------------------------------------------------
 # The official recipe's extraction: the keys of ``visual.*`` without the prefix are exactly the
 # official UniFormerV2 backbone keys below; ``proj`` and ``ln_post`` are dropped.
-CLIP_STEM_KEYS = ("class_embedding", "positional_embedding", "conv1.weight", "ln_pre.weight",
-                  "ln_pre.bias")
-CLIP_BLOCK_KEYS = ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-                   "attn.out_proj.bias", "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight",
-                   "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight",
-                   "ln_2.bias")
 CLIP_VISUAL_IGNORED = ("proj", "ln_post.weight", "ln_post.bias")
 # As rename rules (format below): every tower key keeps its name; the attention-mask buffer
 # some CLIP builds save is not a weight.
@@ -495,12 +495,13 @@ OPENAI_CLIP_RULES: tuple[tuple[str, str, str], ...] = ((r"(.*)", r"\1", "identit
 OPENAI_CLIP_IGNORED = tuple(re.escape(k) for k in CLIP_VISUAL_IGNORED) + (r".*\.attn_mask",)
 
 
-def clip_derived_keys(cfg: ModelConfig) -> list[str]:
-  """The official keys (no prefix) that a CLIP image tower initialises, in official order."""
-  keys = list(CLIP_STEM_KEYS)
-  for i in range(cfg.layers):
-    keys += [f"transformer.resblocks.{i}.{k}" for k in CLIP_BLOCK_KEYS]
-  return keys
+def tower_keys(cfg: ModelConfig) -> list[str]:
+  """The official keys (no prefix) that a pretrained image tower initialises, in official
+  order: the stem and the attention blocks, as far as ``cfg``'s tower options have them."""
+  tower = {"class_embedding", "positional_embedding", "conv1.weight", "conv1.bias",
+           "ln_pre.weight", "ln_pre.bias"}
+  block = re.compile(r"transformer\.resblocks\.\d+\.(attn|ln_[12]|mlp|ls_[12])\..*")
+  return [e.key for e in entries(cfg) if e.key in tower or block.fullmatch(e.key)]
 
 
 # Foreign ViT layouts -> OpenAI/official visual names. Rows: (regex on the source key with the
@@ -535,29 +536,69 @@ HF_CLIP_IGNORED = (r"post_layernorm\.(weight|bias)", r"embeddings\.position_ids"
 HF_CLIP_OUTSIDE_IGNORED = (r"text_model\..*", r"text_projection\.weight",
                            r"visual_projection\.weight", r"logit_scale")
 
-# timm VisionTransformer with OpenAI-CLIP weights (``vit_base_patch16_clip_224.openai`` style:
-# pre_norm=True, so ``norm_pre`` exists and the patch embedding has no bias; class token is
-# added to the positional embedding; ``norm`` = CLIP ln_post, ``head`` = CLIP proj^T).
-TIMM_CLIP_RULES: tuple[tuple[str, str, str], ...] = (
+# timm VisionTransformer, every tower family (CLIP, supervised / augreg, DeiT, MAE, DINOv2): the
+# class token is part of the positional embedding; ``norm_pre`` exists only in CLIP towers
+# (pre_norm=True), the patch bias in all others, layer scale (``ls1``/``ls2``) in DINOv2.
+# ``norm`` / ``fc_norm`` / ``head`` belong to the image classifier and are dropped.
+TIMM_VIT_RULES: tuple[tuple[str, str, str], ...] = (
   (r"cls_token", "class_embedding", "squeeze"),
   (r"pos_embed", "positional_embedding", "squeeze"),
-  (r"patch_embed\.proj\.weight", "conv1.weight", "identity"),
+  (r"patch_embed\.proj\.(weight|bias)", r"conv1.\1", "identity"),
   (r"norm_pre\.(weight|bias)", r"ln_pre.\1", "identity"),
   (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2", "identity"),
   (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj_\2",
    "identity"),
   (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"transformer.resblocks.\1.attn.out_proj.\2",
    "identity"),
+  (r"blocks\.(\d+)\.ls1\.gamma", r"transformer.resblocks.\1.ls_1.gamma", "identity"),
   (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2", "identity"),
   (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2",
    "identity"),
   (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2",
    "identity"),
+  (r"blocks\.(\d+)\.ls2\.gamma", r"transformer.resblocks.\1.ls_2.gamma", "identity"),
 )
-TIMM_CLIP_IGNORED = (r"norm\.(weight|bias)", r"fc_norm\.(weight|bias)", r"head\.(weight|bias)")
-# A patch-embedding bias is accepted (and dropped) only when it is exactly zero: the model
-# (like OpenAI CLIP) has none.
+# The classifier's final norm and head; MAE's pre-training decoder and mask token (the official
+# MAE release files that carry them); DINOv2's mask token (used only in its pre-training).
+TIMM_VIT_IGNORED = (r"norm\.(weight|bias)", r"fc_norm\.(weight|bias)", r"head\.(weight|bias)",
+                    r"decoder_.*", r"mask_token")
+# A CLIP tower's patch embedding has no bias; timm stores an all-zero one, accepted and dropped.
 TIMM_PATCH_BIAS = "patch_embed.proj.bias"
+# Extra tokens the video model has no place for: refused with this explanation.
+TIMM_EXTRA_TOKENS = {
+  "dist_token": "DeiT's distillation token (a *_distilled_* model); convert the plain "
+                "deit_*_patch16_224 tower instead",
+  "reg_token": "DINOv2 register tokens (a *_reg*_dinov2 model); convert the vit_*_dinov2 tower "
+               "without registers instead",
+}
+
+# Hugging Face ``ViTModel`` (``google/vit-base-patch16-224-in21k`` layout; ``vit.`` prefix and a
+# ``classifier`` in ``ViTForImageClassification``): separate q/k/v like HF CLIP, exact GELU,
+# LayerNorm eps from config.json (1e-12), a patch bias, no pre-norm.
+HF_VIT_RULES: tuple[tuple[str, str, str], ...] = (
+  (r"embeddings\.cls_token", "class_embedding", "squeeze"),
+  (r"embeddings\.position_embeddings", "positional_embedding", "squeeze"),
+  (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"conv1.\1", "identity"),
+  (r"encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_q"),
+  (r"encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_k"),
+  (r"encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.in_proj_\2", "pack_v"),
+  (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)",
+   r"transformer.resblocks.\1.attn.out_proj.\2", "identity"),
+  (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)",
+   r"transformer.resblocks.\1.ln_1.\2", "identity"),
+  (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)",
+   r"transformer.resblocks.\1.mlp.c_fc.\2", "identity"),
+  (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)",
+   r"transformer.resblocks.\1.mlp.c_proj.\2", "identity"),
+  (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)",
+   r"transformer.resblocks.\1.ln_2.\2", "identity"),
+)
+HF_VIT_IGNORED = (r"layernorm\.(weight|bias)", r"pooler\.dense\.(weight|bias)",
+                  r"embeddings\.mask_token")
+HF_VIT_OUTSIDE_IGNORED = (r"classifier\.(weight|bias)",)
 
 
 def rename_by_rules(tensors: Mapping[str, np.ndarray], rules: Sequence[tuple[str, str, str]],
@@ -639,9 +680,47 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
   return m
 
 
-def resize_positional_embedding(pe: np.ndarray, grid: int) -> np.ndarray:
+def antialiased_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix of PIL-style bicubic resampling (Keys a = -0.5) whose kernel widens by
+  the shrink factor, so that every input row contributes when shrinking; weights renormalised
+  at the edges. The convention of ``torch.nn.functional.interpolate(mode='bicubic',
+  antialias=True, align_corners=False)``, which timm applies when it builds a ViT at another
+  size from pretrained weights."""
+  scale = n_in / n_out
+  stretch = max(scale, 1.0)  # the kernel widens only when shrinking
+  support = 2.0 * stretch  # bicubic reaches two input pixels each side
+  m = np.zeros((n_out, n_in), np.float64)
+  for i in range(n_out):
+    centre = scale * (i + 0.5)
+    lo = max(int(centre - support + 0.5), 0)  # int() truncates toward zero, as torch does
+    hi = min(int(centre + support + 0.5), n_in)
+    d = np.abs((np.arange(lo, hi) - centre + 0.5) / stretch)
+    w = np.where(d < 1, _cubic_weights_at(d, -0.5, near=True),
+                 np.where(d < 2, _cubic_weights_at(d, -0.5, near=False), 0.0))
+    m[i, lo:hi] = w / w.sum()
+  return m
+
+
+def _cubic_weights_at(d: np.ndarray, a: float, near: bool) -> np.ndarray:
+  """Keys' cubic convolution kernel at distance ``d``: the |d| < 1 piece or the 1 <= |d| < 2 one."""
+  if near:
+    return ((a + 2) * d - (a + 3)) * d * d + 1
+  return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+
+# How each tower's own library resizes its positional embedding when the model is created at
+# another resolution from the same weights.
+RESIZE_METHODS = {
+  "bicubic": "bicubic interpolation (torch interpolate, align_corners=False)",
+  "bicubic_antialias": "antialiased bicubic interpolation (torch interpolate antialias=True, "
+                       "as timm's resample_abs_pos_embed)",
+}
+
+
+def resize_positional_embedding(pe: np.ndarray, grid: int, method: str = "bicubic") -> np.ndarray:
   """[1 + g^2, C] -> [1 + grid^2, C]: the class-token row is kept, the g x g patch grid is
-  resized by separable bicubic interpolation (``bicubic_matrix``), computed in float64."""
+  resized separably (``bicubic_matrix`` or ``antialiased_bicubic_matrix``, ``RESIZE_METHODS``),
+  computed in float64."""
   pe = np.asarray(pe)
   n, c = pe.shape
   g = int(round((n - 1) ** 0.5))
@@ -649,7 +728,12 @@ def resize_positional_embedding(pe: np.ndarray, grid: int) -> np.ndarray:
     raise CheckpointError(f"positional embedding with {n} rows is not 1 + a square grid")
   if g == grid:
     return pe
-  m = bicubic_matrix(g, grid)
+  if method == "bicubic":
+    m = bicubic_matrix(g, grid)
+  elif method == "bicubic_antialias":
+    m = antialiased_bicubic_matrix(g, grid)
+  else:
+    raise ValueError(f"resize method {method!r} not in {sorted(RESIZE_METHODS)}")
   patches = pe[1:].astype(np.float64).reshape(g, g, c)
   patches = np.einsum("ij,jkc,lk->ilc", m, patches, m).reshape(grid * grid, c)
   return np.concatenate([pe[:1].astype(np.float64), patches]).astype(pe.dtype)

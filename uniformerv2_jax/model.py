@@ -35,6 +35,9 @@ STACKED = ("resblocks", "dpe", "dec")
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_mlp")
 
+# ModelConfig fields that describe the pretrained image tower rather than UniFormerV2 itself.
+TOWER_FIELDS = ("activation", "patch_bias", "ln_pre", "layer_norm_eps", "layer_scale")
+
 # Activation of the backbone MLPs. The official model is OpenAI CLIP's QuickGELU; exact (erf)
 # GELU is for CLIP towers trained with it (open_clip's LAION ViT-B-16, timm vit_*_clip_*).
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -66,10 +69,17 @@ class ModelConfig:
   mlp_dropout: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
   cls_dropout: float = 0.5
   frozen: bool = False  # UNIFORMERV2.FROZEN: no `balance`, output = video token, backbone frozen
-  # Backbone MLP activation: quick_gelu (official, OpenAI CLIP) | gelu (exact erf GELU, for CLIP
-  # towers trained with torch.nn.GELU()). The global blocks keep QuickGELU either way: the
+  # The image tower's own options (TOWER_FIELDS; defaults: OpenAI CLIP, the official model).
+  # They follow the tower's pretraining, never the video recipe; the local and global
+  # UniFormer blocks and the head are the same for every tower.
+  # Backbone MLP activation: quick_gelu (OpenAI CLIP) | gelu (exact erf GELU: open_clip LAION,
+  # supervised / DeiT / MAE / DINOv2 ViTs). The global blocks keep QuickGELU either way: the
   # official Extractor hard-codes it, independent of the image tower.
   activation: str = "quick_gelu"
+  patch_bias: bool = False  # the patch embedding has a bias (every ViT but CLIP)
+  ln_pre: bool = True  # LayerNorm after the embeddings (CLIP's ln_pre, timm's norm_pre)
+  layer_norm_eps: float = 1e-5  # the tower's LayerNorms: CLIP 1e-5, timm 1e-6, HF ViT 1e-12
+  layer_scale: bool = False  # per-block learned scales of both branches (DINOv2's ls1 / ls2)
   # Implementation choices; none of them changes the numbers.
   scan_layers: bool = True
   remat_policy: str = "none"  # none | full | dots | dots_no_batch | qkv_mlp (_remat)
@@ -79,6 +89,7 @@ class ModelConfig:
   def __post_init__(self):
     object.__setattr__(self, "return_list", tuple(int(i) for i in self.return_list))
     object.__setattr__(self, "mlp_dropout", tuple(float(p) for p in self.mlp_dropout))
+    object.__setattr__(self, "layer_norm_eps", float(self.layer_norm_eps))
     problems = []
     if self.input_resolution % self.patch_size:
       problems.append(
@@ -103,6 +114,8 @@ class ModelConfig:
       problems.append(f"temporal_downsample needs an even num_frames, got {self.num_frames}")
     if self.activation not in ACTIVATIONS:
       problems.append(f"activation {self.activation!r} not in {ACTIVATIONS}")
+    if not 0 < self.layer_norm_eps < 1:
+      problems.append(f"layer_norm_eps {self.layer_norm_eps} must be in (0, 1)")
     if self.remat_policy not in REMAT_POLICIES:
       problems.append(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
     if problems:
@@ -252,12 +265,13 @@ def _split(key, n):
 
 # ----------------------------------------------------------------------------- modules
 class LayerNorm(nnx.Module):
-  def __init__(self, dim: int, *, param_dtype):
+  def __init__(self, dim: int, *, param_dtype, eps: float = 1e-5):
+    self.eps = eps  # a float: static graph data
     self.scale = _param(None, ONES, (dim,), param_dtype)
     self.bias = _zeros((dim,), param_dtype)
 
   def __call__(self, x):
-    return layer_norm(x, self.scale[...], self.bias[...])
+    return layer_norm(x, self.scale[...], self.bias[...], self.eps)
 
 
 class Dense(nnx.Module):
@@ -422,10 +436,16 @@ class ResidualBlock(nnx.Module):
       self.lmhra1 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd)
       if cfg.double_lmhra:
         self.lmhra2 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd)
+    eps = cfg.layer_norm_eps
     self.attn = MultiHeadAttention(c, cfg.heads, rngs=rngs, param_dtype=pd)
-    self.ln_1 = LayerNorm(c, param_dtype=pd)
+    self.ln_1 = LayerNorm(c, param_dtype=pd, eps=eps)
     self.mlp = MLP(c, 4 * c, rngs=rngs, param_dtype=pd, activation=cfg.activation)
-    self.ln_2 = LayerNorm(c, param_dtype=pd)
+    self.ln_2 = LayerNorm(c, param_dtype=pd, eps=eps)
+    if cfg.layer_scale:
+      # DINOv2's LayerScale: a learned per-channel gain on each branch. A tower's own values
+      # replace the ones a fresh model starts from (the plain pre-norm block).
+      self.ls_1 = _param(None, ONES, (c,), pd)
+      self.ls_2 = _param(None, ONES, (c,), pd)
 
   def _lmhra(self, module: LocalMHRA, x, train, dtype, rate, key):
     patches = x[:, :, 1:]
@@ -445,10 +465,14 @@ class ResidualBlock(nnx.Module):
       x = self._lmhra(self.lmhra1, x, train, dtype, rate, keys[0])
     x = checkpoint_name(x, "residual")  # the residual stream between branches (remat qkv_mlp)
     h = self.attn.self_attention(self.ln_1(x).reshape(b * t, l, c), dtype).reshape(b, t, l, c)
+    if hasattr(self, "ls_1"):
+      h = h * self.ls_1[...].astype(h.dtype)
     x = checkpoint_name(x + drop_path(h, rate, keys[1], token_mask).astype(x.dtype), "residual")
     if hasattr(self, "lmhra2"):
       x = checkpoint_name(self._lmhra(self.lmhra2, x, train, dtype, rate, keys[2]), "residual")
     h = self.mlp(self.ln_2(x), dtype)
+    if hasattr(self, "ls_2"):
+      h = h * self.ls_2[...].astype(h.dtype)
     x = x + drop_path(h, rate, keys[3], token_mask).astype(x.dtype)
     return x
 
@@ -495,7 +519,8 @@ class Extractor(nnx.Module):
 
 
 class PatchEmbed(nnx.Module):
-  """conv1: Conv3d without bias, kernel (kt, p, p), stride (kt>1 ? 2 : 1, p, p).
+  """conv1: Conv3d, kernel (kt, p, p), stride (kt>1 ? 2 : 1, p, p); a bias only for towers
+  that have one (``patch_bias``: not CLIP).
 
   Computed as one matmul over gathered patches: ``kernel [kt, p, p, 3, C]``.
   """
@@ -503,10 +528,16 @@ class PatchEmbed(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs):
     kt, p, c = cfg.kt, cfg.patch_size, cfg.width
     self.kt, self.p = kt, p
-    self.kernel = _param(rngs, _torch_default_uniform(3 * kt * p * p), (kt, p, p, 3, c),
-                         cfg.param_dtype)
+    fan_in = 3 * kt * p * p
+    self.kernel = _param(rngs, _torch_default_uniform(fan_in), (kt, p, p, 3, c), cfg.param_dtype)
+    if cfg.patch_bias:
+      self.bias = _param(rngs, _torch_default_uniform(fan_in), (c,), cfg.param_dtype)
 
   def __call__(self, x, dtype):
+    y = self._conv(x, dtype)
+    return y + self.bias[...].astype(dtype) if hasattr(self, "bias") else y
+
+  def _conv(self, x, dtype):
     b, t, h, w, ch = x.shape
     p, kt = self.p, self.kt
     gh, gw = h // p, w // p
@@ -593,7 +624,8 @@ class UniFormerV2(nnx.Module):
     self.conv1 = PatchEmbed(cfg, rngs=rngs)
     self.class_embedding = _param(rngs, _normal(c**-0.5), (c,), pd)
     self.positional_embedding = _param(rngs, _normal(c**-0.5), (cfg.tokens, c), pd)
-    self.ln_pre = LayerNorm(c, param_dtype=pd)
+    if cfg.ln_pre:
+      self.ln_pre = LayerNorm(c, param_dtype=pd, eps=cfg.layer_norm_eps)
     self.resblocks = _stacked(cfg.layers, lambda r: ResidualBlock(cfg, rngs=r), rngs)
     self.temporal_cls_token = _zeros((1, 1, d), pd)
     if not cfg.frozen:
@@ -627,7 +659,7 @@ class UniFormerV2(nnx.Module):
     x = x.reshape(b, tp, g * g, c)
     cls = jnp.broadcast_to(self.class_embedding[...].astype(dtype), (b, tp, 1, c))
     x = jnp.concatenate([cls, x], axis=2) + self.positional_embedding[...].astype(dtype)
-    return constrain_batch(self.ln_pre(x))
+    return constrain_batch(self.ln_pre(x) if self.cfg.ln_pre else x)
 
   def _backbone(self, x, *, batch_stats, key):
     """Returns the last block's output and every block's output (stacked ``[LAYERS, ...]``)."""

@@ -128,7 +128,7 @@ def initial_model(config, cfg: ModelConfig) -> nnx.Module:
   if not config.init_from:
     return create_model(cfg, seed=config.seed)
   src_cfg = ckpt_lib.config_from_json(ckpt_lib.read_config(config.init_from)["model"])
-  ckpt_lib.check_init_activation(src_cfg, cfg, config.init_from)
+  ckpt_lib.check_init_tower(src_cfg, cfg, config.init_from)
   values = flat_state(ckpt_lib.load_checkpoint(config.init_from))
   head = [p for p in values if p[0] == "head"]
   if src_cfg.num_classes != cfg.num_classes or config.init_head == "new":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from uniformerv2_jax.errors import InputError
-from uniformerv2_jax.model import ModelConfig
+from uniformerv2_jax.model import TOWER_FIELDS, ModelConfig
 
 # What the official `uniformerv2_b16 / _l14 / _l14_336` factories hard-code.
 BACKBONES: dict[str, dict[str, int]] = {
@@ -90,26 +90,28 @@ def config_from_official(official: Mapping[str, Any] | str | Path, **overrides) 
     mlp_dropout=tuple(float(p) for p in mlp_dropout),
     cls_dropout=float(u["CLS_DROPOUT"]),
     frozen=bool(u["FROZEN"]),
-    # Not an official option (the official code is QuickGELU throughout): written into
-    # backbone_arch by official_from_config for towers trained with exact GELU.
-    activation=str(arch.get("activation", "quick_gelu")),
+    # Not official options (the official code runs OpenAI CLIP's tower only): written into
+    # backbone_arch by official_from_config for other towers.
+    **{k: type(v)(arch.get(k, v)) for k, v in _TOWER_DEFAULTS.items()},
   )
   kw.update(overrides)
   return ModelConfig(**kw)
 
 
+_TOWER_DEFAULTS = {k: getattr(ModelConfig(), k) for k in TOWER_FIELDS}
+
+
 def official_from_config(cfg: ModelConfig) -> dict[str, Any]:
   """The inverse: a ModelConfig in the official names (the fixtures' ``config.json`` schema).
 
-  ``backbone_arch.activation`` appears only for a non-official activation, so official models
-  give exactly the official schema."""
+  The image tower's options (``backbone_arch.activation`` ...) appear only where they differ
+  from OpenAI CLIP's, so official models give exactly the official schema."""
   arch = {
     "input_resolution": cfg.input_resolution, "patch_size": cfg.patch_size,
     "width": cfg.width, "layers": cfg.layers, "heads": cfg.heads,
     "kernel_size": cfg.temporal_kernel,
   }
-  if cfg.activation != "quick_gelu":
-    arch["activation"] = cfg.activation
+  arch.update({k: getattr(cfg, k) for k, v in _TOWER_DEFAULTS.items() if getattr(cfg, k) != v})
   return {
     "MODEL": {"NUM_CLASSES": cfg.num_classes},
     "DATA": {"NUM_FRAMES": cfg.num_frames},
