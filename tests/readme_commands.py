@@ -161,6 +161,11 @@ COMMANDS: dict[str, Run | InCI] = {
     "convert", files=("k400_b16.safetensors",)),
   "python convert_torch_weights.py --input ckpt/k400_b16 --output mm.pth --format mmaction2":
   Run("convert", files=("mm.pth",)),
+  # -- Exported for serving (the tiny_k400 model converted in this chain)
+  "python main.py --mode export --checkpoint ckpt/k400_b16 --output k400_b16.jax": Run(
+    "convert", files=("k400_b16.jax",), output=("platforms cpu, cuda, tpu",)),
+  "python main.py --mode predict --checkpoint k400_b16.jax --input my_video.mp4": Run(
+    "convert", output=("1 of 1 videos processed",)),
   # -- Training and evaluation
   "python main.py --config configs/k400.py:b16_8x224 --workdir gs://bucket/k400_b16 "
   "--config.dataset.root=/data/k400 --config.init_from=ckpt/clip_b16": Run(

@@ -9,8 +9,8 @@ import sys
 
 from tests.conftest import REPO
 
-CONVERSION_MODULES = ("uniformerv2_jax.convert", "uniformerv2_jax.mapping", "uniformerv2_jax.towers",
-                      "uniformerv2_jax.checkpoint_files")
+CONVERSION_MODULES = ("uniformerv2_jax.convert", "uniformerv2_jax.mapping",
+                      "uniformerv2_jax.towers", "uniformerv2_jax.checkpoint_files")
 
 
 def test_train_imports_no_conversion_module():

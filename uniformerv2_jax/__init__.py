@@ -9,6 +9,7 @@ if TYPE_CHECKING:
   from uniformerv2_jax.checkpoint import load_checkpoint
   from uniformerv2_jax.checkpoint_files import CheckpointError
   from uniformerv2_jax.convert import load_official
+  from uniformerv2_jax.exported import load_exported
   from uniformerv2_jax.model import ModelConfig, UniFormerV2, abstract_model, create_model
   from uniformerv2_jax.variants import config_from_official
 
@@ -24,6 +25,7 @@ _EXPORTS = {
   "create_model": "model",
   "config_from_official": "variants",
   "load_checkpoint": "checkpoint",
+  "load_exported": "exported",
 }
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
   "config_from_official",
   "create_model",
   "load_checkpoint",
+  "load_exported",
   "load_official",
 ]
 

@@ -10,6 +10,7 @@ is the same); in a checkout ``python main.py --mode MODE`` runs the same program
   uniformerv2-jax forward --config k400:b16_8x224                     # random clip, top-5
   uniformerv2-jax predict --checkpoint DIR --input video.mp4 [--output preds.json]
   uniformerv2-jax extract --checkpoint DIR --input videos/ --output feats.npz
+  uniformerv2-jax export --checkpoint DIR --output model.jax       # StableHLO + metadata
   uniformerv2-jax plan --config k400:l14_8x224_k710 --device_memory_gb 80
   uniformerv2-jax convert --input k400_b16.pyth --output ckpt/k400_b16 --config k400:b16_8x224
   uniformerv2-jax prepare --list train.csv --prefix /data --out shards/train
@@ -53,18 +54,20 @@ EXIT_USAGE = 2  # a usage or input error
 EXIT_PARTIAL = 3  # predict / extract finished, some inputs failed
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), the shells' convention
 
-MODES = ("train", "eval", "forward", "predict", "extract", "plan")
+MODES = ("train", "eval", "forward", "predict", "extract", "export", "plan")
 
 config_flags.DEFINE_config_file("config", None, "A recipe name (k400:b16_8x224, demo; see "
                                 "`uniformerv2-jax recipes`) or a config file path[:argument].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, logs.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir (eval/predict/extract/forward).")
+flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir (eval/predict/extract/forward/"
+                    "export); predict also takes an exported .jax file.")
 flags.DEFINE_integer("topk", 5, "Classes to print per video (forward/predict).", lower_bound=1)
 flags.DEFINE_string("input", None, "predict/extract: a video file, a folder of frame images (one "
                     "video), a folder of videos / frame folders, or a list file.")
-flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy) file.")
+flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy) file; export: "
+                    ".jax file.")
 flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
 flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.", lower_bound=1)
 flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
@@ -224,6 +227,24 @@ def predict_or_extract(config) -> int:
   return 0
 
 
+def export_forward(config) -> int:
+  """``export``: the eval forward of --checkpoint as a .jax file."""
+  from uniformerv2_jax import exported
+
+  if not FLAGS.checkpoint or not FLAGS.output:
+    raise InputError("--mode export needs --checkpoint DIR and --output FILE.jax")
+  if exported.is_exported(FLAGS.checkpoint):
+    raise InputError(f"--checkpoint {FLAGS.checkpoint}: already an exported model; export "
+                     "from the checkpoint directory")
+  t0 = time.perf_counter()
+  meta = exported.export(FLAGS.checkpoint, FLAGS.output, config=config, use_ema=FLAGS.use_ema,
+                         labels=FLAGS.labels)
+  size = os.path.getsize(FLAGS.output) if os.path.exists(FLAGS.output) else 0
+  print(f"wrote {FLAGS.output}: {size / 2**20:.1f} MiB, input {meta['input']['shape']} float32, "
+        f"platforms {', '.join(meta['platforms'])}, {time.perf_counter() - t0:.1f} s")
+  return 0
+
+
 def evaluate(config, directory: str, run=None) -> dict:
   """Multi-view test of the checkpoint in ``directory`` on the config's test set (``run``: a
   ``train.setup`` of the same config to reuse, its compiled steps included)."""
@@ -291,10 +312,10 @@ def run_mode(config) -> int:
   from uniformerv2_jax import config_check
 
   mode = FLAGS.mode
-  if mode in ("predict", "extract"):
+  if mode in ("predict", "extract", "export"):
     if config is not None:
       config_check.validate(config, mode)
-    return predict_or_extract(config)
+    return export_forward(config) if mode == "export" else predict_or_extract(config)
   if config is None:
     raise InputError(f"--mode {mode} needs --config (a recipe such as demo or k400:b16_8x224, "
                      "or a config file)")
@@ -379,6 +400,7 @@ def usage() -> str:
   what = {"train": "train (resumes a workdir that has checkpoints)",
           "eval": "multi-view test of a checkpoint", "forward": "one forward on a random clip",
           "predict": "top-k classes of videos", "extract": "features of videos to .npz",
+          "export": "the eval forward as a .jax file (StableHLO + metadata)",
           "plan": "memory plan of a config (ahead-of-time compile)"}
   lines += [f"  {m:10s} {what[m]}" for m in MODES]
   lines += [f"  {c:10s} {d}" for c, (_, d) in _other_commands().items()]

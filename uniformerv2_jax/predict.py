@@ -124,13 +124,39 @@ class ViewSettings:
 
 @dataclasses.dataclass
 class Prepared:
-  """A model ready to run and how to feed it."""
+  """A model ready to run and how to feed it: an NNX model, or an exported forward
+  (``exported.ExportedModel``) with the model config it was made from."""
 
-  model: UniFormerV2
+  model: UniFormerV2 | None
   views: ViewSettings
   names: list[str] | None
   notices: list[str]
   config: dict[str, Any] | None
+  exported: Any = None  # exported.ExportedModel when the checkpoint is a .jax file
+  model_config: ModelConfig | None = None
+
+  @property
+  def cfg(self) -> ModelConfig:
+    return self.model.cfg if self.model is not None else self.model_config
+
+
+def _prepare_exported(path: str, config: Any, labels: str | None, use_ema: bool) -> Prepared:
+  """An exported forward (``.jax``): its own test views and label names; a config or EMA choice
+  cannot change what was exported."""
+  from uniformerv2_jax import exported as exported_lib
+  from uniformerv2_jax.checkpoint import config_from_json
+
+  if config is not None or use_ema:
+    raise InputError(f"{path} is an exported model: its test views and weights were fixed at "
+                     "export (export again with --config / --use_ema to change them)")
+  exp = exported_lib.load_exported(path)
+  cfg = config_from_json(exp.metadata["model"])
+  names = exp.metadata.get("labels")
+  notices: list[str] = []
+  if labels:
+    names = _resolve_labels(labels, None, {}, cfg.num_classes, "", notices)
+  views = exported_lib.views_from_metadata(exp.metadata)
+  return Prepared(None, views, names, notices, None, exported=exp, model_config=cfg)
 
 
 def _zoo_entry(meta: Mapping[str, Any], cfg: ModelConfig):
@@ -249,6 +275,10 @@ def prepare(checkpoint: str, config: Any = None, *, labels: str | None = None,
 
   if adapt not in ADAPT_MODES:
     raise InputError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
+  from uniformerv2_jax.exported import is_exported
+
+  if is_exported(checkpoint):
+    return _prepare_exported(str(checkpoint), load_config(config), labels, use_ema)
   meta = ckpt_lib.read_config(checkpoint)
   cfg = ckpt_lib.config_from_json(meta["model"])
   notices: list[str] = []
@@ -360,7 +390,9 @@ class _ViewBatches:
   def __init__(self, prepared: Prepared, batch_size: int, extract_all: bool,
                acc: ViewAccumulator):
     views = prepared.views
-    self.graphdef, self.state = nnx.split(prepared.model)
+    self.exported = prepared.exported
+    if self.exported is None:
+      self.graphdef, self.state = nnx.split(prepared.model)
     self.batch_size, self.extract_all, self.acc = batch_size, extract_all, acc
     self.shape = (batch_size, views.sampling.num_frames, views.eval_cfg.crop_size,
                   views.eval_cfg.crop_size, 3)
@@ -377,7 +409,11 @@ class _ViewBatches:
   def flush(self) -> None:
     if not self.owners:
       return
-    out = _forward(self.graphdef, self.state, self.buf, self.extract_all)  # asynchronous
+    if self.exported is not None:
+      logits, features = self.exported.forward(self.buf)
+      out = (jax.nn.softmax(logits, axis=-1), features, {})
+    else:
+      out = _forward(self.graphdef, self.state, self.buf, self.extract_all)  # asynchronous
     if self.in_flight:
       self._collect()  # the previous batch, while this one runs
     self.in_flight.append((out, list(self.owners)))
@@ -459,7 +495,10 @@ def run_videos(prepared: Prepared, videos: Sequence[str], *, batch_size: int = 8
   if batch_size < 1:
     raise InputError(f"batch_size must be positive, got {batch_size}")
   views = prepared.views
-  acc = _accumulator(prepared.model.cfg, len(videos), views.num_views, extract_all)
+  if extract_all and prepared.exported is not None:
+    raise InputError("--extract_all needs the checkpoint: an exported model computes logits and "
+                     "the fused features only")
+  acc = _accumulator(prepared.cfg, len(videos), views.num_views, extract_all)
   batches = _ViewBatches(prepared, batch_size, extract_all, acc)
   errors = _feed_views(videos, views, batches, read_threads=read_threads, progress=progress)
   batches.finish()
