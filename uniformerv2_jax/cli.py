@@ -10,7 +10,7 @@ is the same); in a checkout ``python main.py --mode MODE`` runs the same program
   uniformerv2-jax forward --config k400:b16_8x224                     # random clip, top-5
   uniformerv2-jax predict --checkpoint DIR --input video.mp4 [--output preds.json]
   uniformerv2-jax extract --checkpoint DIR --input videos/ --output feats.npz
-  uniformerv2-jax export --checkpoint DIR --output model.jax       # StableHLO + metadata
+  uniformerv2-jax export --checkpoint DIR --output model.jax|model.onnx   # for serving
   uniformerv2-jax plan --config k400:l14_8x224_k710 --device_memory_gb 80
   uniformerv2-jax convert --input k400_b16.pyth --output ckpt/k400_b16 --config k400:b16_8x224
   uniformerv2-jax prepare --list train.csv --prefix /data --out shards/train
@@ -62,12 +62,12 @@ config_flags.DEFINE_config_file("config", None, "A recipe name (k400:b16_8x224, 
 flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, logs.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir (eval/predict/extract/forward/"
-                    "export); predict also takes an exported .jax file.")
+                    "export); predict also takes an exported .jax / .onnx file.")
 flags.DEFINE_integer("topk", 5, "Classes to print per video (forward/predict).", lower_bound=1)
 flags.DEFINE_string("input", None, "predict/extract: a video file, a folder of frame images (one "
                     "video), a folder of videos / frame folders, or a list file.")
 flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy) file; export: "
-                    ".jax file.")
+                    ".jax or .onnx file.")
 flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
 flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.", lower_bound=1)
 flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
@@ -232,7 +232,7 @@ def export_forward(config) -> int:
   from uniformerv2_jax import exported
 
   if not FLAGS.checkpoint or not FLAGS.output:
-    raise InputError("--mode export needs --checkpoint DIR and --output FILE.jax")
+    raise InputError("--mode export needs --checkpoint DIR and --output FILE.jax|FILE.onnx")
   if exported.is_exported(FLAGS.checkpoint):
     raise InputError(f"--checkpoint {FLAGS.checkpoint}: already an exported model; export "
                      "from the checkpoint directory")
@@ -400,7 +400,7 @@ def usage() -> str:
   what = {"train": "train (resumes a workdir that has checkpoints)",
           "eval": "multi-view test of a checkpoint", "forward": "one forward on a random clip",
           "predict": "top-k classes of videos", "extract": "features of videos to .npz",
-          "export": "the eval forward as a .jax file (StableHLO + metadata)",
+          "export": "the eval forward as a .jax (StableHLO) or .onnx file",
           "plan": "memory plan of a config (ahead-of-time compile)"}
   lines += [f"  {m:10s} {what[m]}" for m in MODES]
   lines += [f"  {c:10s} {d}" for c, (_, d) in _other_commands().items()]

@@ -1,7 +1,8 @@
-"""A model's eval forward as a self-contained file: ``jax.export`` (StableHLO) plus what a consumer
-needs to feed it, loadable with jax alone.
+"""A model's eval forward as a self-contained file for serving, with what a consumer needs to feed
+it: ``.jax`` (``jax.export`` StableHLO, loadable with jax alone) or ``.onnx`` (onnxruntime,
+TensorRT, ...).
 
-    python main.py --mode export --checkpoint DIR --output model.jax [--config CFG]
+    python main.py --mode export --checkpoint DIR --output model.jax|model.onnx [--config CFG]
     f = uniformerv2_jax.load_exported("model.jax"); logits = f(video)  # [B, T, H, W, 3] float32
 
 The file is a zip archive of ``forward.stablehlo`` (``jax.export.Exported.serialize()``: the
@@ -11,6 +12,13 @@ arrays, the forward's first argument: kept out of the program so that it stays s
 loads without copying constants) and ``metadata.json``: the model config, the label names, the
 test views (frames, sampling, crops, normalisation mean/std, channel order) and the input and
 output layouts. ``--mode predict --checkpoint model.jax`` runs on it.
+
+The ``.onnx`` file is the same forward converted by ``jax2onnx`` (optional extra ``onnx``): it
+translates the traced program directly, ``lax.scan`` over the layers included, so no second
+framework is involved (the other route, jax -> TensorFlow -> tf2onnx, needs TensorFlow). Input
+``video`` ``[batch, T, H, W, 3]`` float32 with a dynamic batch axis, outputs ``logits`` and
+``features``; the metadata (the same JSON) is the model's ``metadata_props["uniformerv2_jax"]``.
+``load_exported`` runs it with onnxruntime on the CPU.
 
 The forward is traced with the portable forms of ``ops`` (those chosen for TPU: no
 CPU-specific flat projections, no cuDNN attention), since one trace serves every platform; the
@@ -34,13 +42,15 @@ from uniformerv2_jax.errors import InputError, InputNotFound
 
 FORMAT = "uniformerv2_jax.exported/1"
 SUFFIX = ".jax"
+ONNX_SUFFIX = ".onnx"
+ONNX_METADATA_KEY = "uniformerv2_jax"
 PLATFORMS = ("cpu", "cuda", "tpu")
 _FORWARD, _METADATA, _WEIGHTS = "forward.stablehlo", "metadata.json", "weights.npz"
 
 
 def is_exported(path: str | Path) -> bool:
   """Whether ``path`` names an exported forward file (by its extension)."""
-  return str(path).lower().endswith(SUFFIX)
+  return str(path).lower().endswith((SUFFIX, ONNX_SUFFIX))
 
 
 @dataclasses.dataclass
@@ -59,11 +69,53 @@ class ExportedModel:
     return self.forward(video)[0]
 
 
-def load_exported(path: str | Path) -> ExportedModel:
-  """Read a file written by :func:`export` (nothing in it is executed but the StableHLO)."""
+@dataclasses.dataclass
+class OnnxModel:
+  """A loaded ``.onnx`` export, run by onnxruntime: the same calls as :class:`ExportedModel`."""
+
+  session: Any  # onnxruntime.InferenceSession
+  metadata: dict[str, Any]
+
+  def forward(self, video) -> tuple[np.ndarray, np.ndarray]:
+    logits, features = self.session.run(["logits", "features"],
+                                        {"video": np.asarray(video, np.float32)})
+    return logits, features
+
+  def __call__(self, video) -> np.ndarray:
+    return self.forward(video)[0]
+
+
+def _load_onnx(path: Path) -> OnnxModel:
+  try:
+    import onnxruntime
+  except ImportError:
+    raise InputError(f"{path}: running an .onnx export needs onnxruntime (pip install "
+                     "'uniformerv2_jax[onnx]')") from None
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3  # errors only: its notes on unused constants are noise here
+  try:
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+  except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types
+    raise InputError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+  props = session.get_modelmeta().custom_metadata_map
+  if ONNX_METADATA_KEY not in props:
+    raise InputError(f"{path}: an ONNX model without uniformerv2_jax metadata (not written by "
+                     "--mode export)")
+  metadata = json.loads(props[ONNX_METADATA_KEY])
+  if metadata.get("format") != FORMAT:
+    raise InputError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+  return OnnxModel(session, metadata)
+
+
+def load_exported(path: str | Path) -> ExportedModel | OnnxModel:
+  """Read a file written by :func:`export` (nothing in it is executed but the exported
+  program)."""
   path = Path(path)
   if not path.is_file():
     raise InputNotFound(f"{path}: no such exported model file")
+  if path.suffix.lower() == ONNX_SUFFIX:
+    return _load_onnx(path)
   try:
     with zipfile.ZipFile(path) as z:
       metadata = json.loads(z.read(_METADATA))
@@ -80,15 +132,22 @@ def load_exported(path: str | Path) -> ExportedModel:
 def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = False,
            labels: str | None = None) -> dict[str, Any]:
   """Export the eval forward of ``checkpoint`` (with the test views of ``config`` or the
-  checkpoint's own) to ``output`` (``.jax``). Returns the metadata written."""
+  checkpoint's own) to ``output`` (``.jax`` or ``.onnx``). Returns the metadata written."""
   from flax import nnx
 
   from uniformerv2_jax import ops, predict
   from uniformerv2_jax.checkpoint import config_to_json
 
   if not is_exported(output):
-    raise InputError(f"--output {output}: an export is written as a {SUFFIX} file (the forward "
-                     "as StableHLO with its metadata)")
+    raise InputError(f"--output {output}: an export is written as a {SUFFIX} file (StableHLO "
+                     f"for jax) or an {ONNX_SUFFIX} file (ONNX)")
+  onnx = str(output).lower().endswith(ONNX_SUFFIX)
+  if onnx:
+    try:
+      import jax2onnx  # noqa: F401
+    except ImportError:
+      raise InputError(f"--output {output}: ONNX export needs jax2onnx (pip install "
+                       "'uniformerv2_jax[onnx]')") from None
   predict.check_output(output, "the exported model")
   prepared = predict.prepare(checkpoint, config, labels=labels, use_ema=use_ema)
   model, views = prepared.model, prepared.views
@@ -104,11 +163,6 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
     logits, features = m(video, train=False, return_features=True)
     return logits.astype(np.float32), features.astype(np.float32)
 
-  batch = jax.export.symbolic_shape("batch")[0]
-  video = jax.ShapeDtypeStruct((batch, frames, size, size, 3), np.float32)
-  weights = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
-  with ops.target_platform("tpu"):  # the portable forms: one trace for every platform
-    exp = jax.export.export(jax.jit(forward), platforms=PLATFORMS)(weights, video)
   metadata = {
     "format": FORMAT,
     "model": config_to_json(cfg),
@@ -119,9 +173,17 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
               "layout": "batch, frames, height, width, RGB (BGR when views.bgr)",
               "normalised": "(pixel / 255 - mean) / std, mean and std in views.eval_cfg"},
     "outputs": {"logits": ["batch", cfg.num_classes], "features": ["batch", cfg.n_dim]},
-    "platforms": list(PLATFORMS),
+    "platforms": ["onnx"] if onnx else list(PLATFORMS),
     "source": str(checkpoint),
   }
+  if onnx:
+    _write_onnx(lambda video: forward(leaves, video), (frames, size), metadata, output)
+    return metadata
+  batch = jax.export.symbolic_shape("batch")[0]
+  video = jax.ShapeDtypeStruct((batch, frames, size, size, 3), np.float32)
+  weights = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
+  with ops.target_platform("tpu"):  # the portable forms: one trace for every platform
+    exp = jax.export.export(jax.jit(forward), platforms=PLATFORMS)(weights, video)
   blob = exp.serialize()
   arrays = io.BytesIO()
   np.savez(arrays, **{str(i): np.asarray(a) for i, a in enumerate(leaves)})
@@ -134,6 +196,24 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
 
   predict._write_atomically(output, write)
   return metadata
+
+
+def _write_onnx(forward, frames_size: tuple[int, int], metadata: dict[str, Any],
+                output: str) -> None:
+  import onnx
+  from jax2onnx import to_onnx
+
+  from uniformerv2_jax import ops, predict
+
+  frames, size = frames_size
+  with ops.target_platform("tpu"):  # the same portable forms as the .jax export
+    proto = to_onnx(forward, [("batch", frames, size, size, 3)], model_name="uniformerv2",
+                    input_names=["video"], output_names=["logits", "features"],
+                    return_mode="proto")
+  entry = proto.metadata_props.add()
+  entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
+  onnx.checker.check_model(proto)
+  predict._write_atomically(output, lambda f: f.write(proto.SerializeToString()))
 
 
 def views_from_metadata(metadata: Mapping[str, Any]):
