@@ -5,7 +5,6 @@ every data x fsdp (x tensor) mesh and on a single device."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import textwrap
 import numpy as np
 
 from tests.conftest import REPO
+from tests.util import fast_compile_env
 
 SCRIPT = textwrap.dedent("""
   import json, os
@@ -65,14 +65,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-# Cheaper XLA CPU compilation (about half the compile time; these scripts are almost all
-# compiles). Each script compares its runs only with each other, all compiled alike.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
 def test_one_step_is_mesh_invariant():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 " + FAST_COMPILE,
-         "JAX_PLATFORMS": "cpu"}
+  # Each script compares its compiles only with each other: cheap XLA compiles.
+  env = fast_compile_env("--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -134,8 +129,8 @@ def test_fsdp_keeps_activations_split_over_the_batch():
   pins block inputs / outputs to the batch axes: FSDP temporaries stay at data parallelism's.
   Under FAST_COMPILE the buffer sizes compared here come out exactly as without it (measured)
   and without the pinning FSDP's still grow to 47 MB: it still catches the regression."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 " + FAST_COMPILE,
-         "JAX_PLATFORMS": "cpu"}
+  # Each script compares its compiles only with each other: cheap XLA compiles.
+  env = fast_compile_env("--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", FSDP_MEMORY_SCRIPT], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]

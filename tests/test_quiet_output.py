@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.util import fast_compile_env
 from uniformerv2_jax.data import demo_dataset
 
 # Two runs (3 steps, then a resume to 5) print per run: one eval line, the final JSON summary
@@ -31,7 +32,9 @@ def _train(dataset: str, workdir: str, steps: int, *flags: str) -> str:
   cmd = [sys.executable, "main.py", "--config", f"tests/tiny_train_config.py:{dataset}",
          "--workdir", workdir, f"--config.total_steps={steps}",
          "--config.checkpoint_every_steps=3", "--config.eval_every_steps=100", *flags]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  # What is checked is the output, not the numbers: cheap XLA compiles (see FAST_COMPILE).
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=fast_compile_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout + proc.stderr
 

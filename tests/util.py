@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from uniformerv2_jax.mapping import expected_torch_shapes
 from uniformerv2_jax.model import ModelConfig
+
+# XLA CPU flags that roughly halve compile time (LLVM at -O0) at the cost of slower kernels: for
+# test subprocesses that run a few steps and whose numbers are compared only with runs compiled
+# under the same flags (never with fixed reference numbers), or not compared at all.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def fast_compile_env(xla_flags: str = "", **extra: str) -> dict[str, str]:
+  """``os.environ`` plus ``extra``, with ``XLA_FLAGS`` = ``xla_flags`` and FAST_COMPILE."""
+  return {**os.environ, **extra, "XLA_FLAGS": " ".join(f for f in (xla_flags, FAST_COMPILE) if f)}
 
 
 def random_official_state_dict(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
