@@ -161,6 +161,9 @@ COMMANDS: dict[str, Run | InCI] = {
     "convert", files=("k400_b16.safetensors",)),
   "python convert_torch_weights.py --input ckpt/k400_b16 --output mm.pth --format mmaction2":
   Run("convert", files=("mm.pth",)),
+  "python convert_torch_weights.py --input ckpt/k400_b16 --output hub/k400_b16 --format hub "
+  "--verify": Run("convert", files=("hub/k400_b16/README.md", "hub/k400_b16/model.safetensors"),
+                  output=("PASS",)),
   # -- Exported for serving (the tiny_k400 model converted in this chain)
   "python main.py --mode export --checkpoint ckpt/k400_b16 --output k400_b16.jax": Run(
     "convert", files=("k400_b16.jax",), output=("platforms cpu, cuda, tpu",)),

@@ -160,7 +160,12 @@ def checkpoint_steps(directory: str | Path) -> list[int]:
 
 
 def read_config(directory: str | Path, step: int | None = None) -> dict[str, Any]:
-  """The ``config`` item of a checkpoint (model config and whatever the writer added)."""
+  """The ``config`` item of a checkpoint (model config and whatever the writer added); of a hub
+  folder, what its ``config.json`` records for this package."""
+  from uniformerv2_jax import hub
+
+  if hub.is_hub_folder(directory):
+    return hub.read_hub_config(directory)
   path = resolve_directory(directory)
   with _manager(path, read_only=True) as mngr:
     step = _pick_step(mngr, path, step)
@@ -199,7 +204,8 @@ class NoEmaError(InputNotFound):
 
 def load_checkpoint(directory: str | Path, *, step: int | None = None, use_ema: bool = False,
                     **overrides) -> UniFormerV2:
-  """Restore the model saved in ``directory`` (latest step unless ``step``), in eval mode.
+  """Restore the model saved in ``directory`` (latest step unless ``step``), in eval mode. A hub
+  folder (``hub.py``: ``model.safetensors`` + ``config.json``) is read too.
 
   ``use_ema``: take the parameters from the ``ema`` item (the exponential moving average a run
   with ``optim.ema_decay > 0`` keeps) instead of ``params``; BatchNorm statistics are the
@@ -207,6 +213,13 @@ def load_checkpoint(directory: str | Path, *, step: int | None = None, use_ema: 
   :class:`NoEmaError`. ``overrides`` change implementation fields of the stored config
   (``scan_layers``, ``remat_policy``, ``dtype``); they cannot change shapes.
   """
+  from uniformerv2_jax import hub
+
+  if hub.is_hub_folder(directory):
+    if use_ema:
+      raise NoEmaError(f"{directory} is a hub folder: it holds one set of weights (no EMA); "
+                       "leave out --use_ema")
+    return hub.load_hub(directory, **overrides)
   path = resolve_directory(directory)
   with _manager(path, read_only=True) as mngr:
     step = _pick_step(mngr, path, step)

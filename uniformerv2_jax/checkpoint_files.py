@@ -349,9 +349,12 @@ def _read_hf_directory(path: Path) -> Source:
                           "(config.json + model.safetensors / pytorch_model.bin) nor an Orbax "
                           "checkpoint")
   tensors: dict[str, np.ndarray] = {}
+  file_metadata: dict[str, str] = {}
   for f in files:
-    tensors.update(read_source(f).tensors)
-  return Source(path, tensors, "hf-directory", hf_config=cfg)
+    part = read_source(f)
+    tensors.update(part.tensors)
+    file_metadata.update(part.file_metadata)  # our hub folders' model config rides here
+  return Source(path, tensors, "hf-directory", hf_config=cfg, file_metadata=file_metadata)
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -30,7 +30,9 @@ changed as main.py's is: --config.model.patch_size=14 for a B/14 tower.
 Export (SRC an Orbax directory written by this project): DST's extension picks the file format,
 the official flat state dict (.pth/.pyth via torch.save, or .safetensors/.npz), or with --format
 mmaction2 MMAction2's
-{'meta', 'state_dict'} layout. Both load with strict=True in those code bases.
+{'meta', 'state_dict'} layout. Both load with strict=True in those code bases. --format hub
+writes a folder for a model hub instead: model.safetensors (official layout), config.json,
+labels.txt and a README.md model card (uniformerv2_jax/hub.py).
 
 Examples:
   python convert_torch_weights.py --input k400_b16_f8x224.pyth --output ckpt/k400_b16 \\
@@ -48,6 +50,7 @@ Examples:
       --config configs/k400.py:b16_8x224 --timm-model vit_base_patch16_224.mae
   python convert_torch_weights.py --input ckpt/k400_b16 --output k400_b16.pyth --verify
   python convert_torch_weights.py --input ckpt/k400_b16 --output mm.pth --format mmaction2
+  python convert_torch_weights.py --input ckpt/k400_b16 --output hub/k400_b16 --format hub
 
 Exit status: 0 on success, 1 when --verify fails, 2 for unusable input (message on stderr).
 """
@@ -91,7 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   cfg.add_argument("--config", metavar="CONFIG",
                    help="a project config, configs/<file>.py:<arg> (its config.model), or "
                         "zoo:<dataset>:<arg> for a model-zoo row, e.g. zoo:k400:b16_8x224")
-  p.add_argument("--format", choices=("official", "mmaction2", "clip", "hf", "hf_vit", "timm"),
+  p.add_argument("--format", choices=("official", "mmaction2", "clip", "hf", "hf_vit", "timm",
+                                      "hub"),
                  help="import: insist on this source format (default: detected from the keys); "
                       "export: official (default) or mmaction2")
   p.add_argument("--clip-activation", choices=("quick_gelu", "gelu"),
@@ -441,6 +445,28 @@ def run_export(args, src_dir: Path, out: Path) -> int:
   return 0
 
 
+def run_export_hub(args, src_dir: Path, out: Path) -> int:
+  """``--format hub``: the folder a model hub takes (``uniformerv2_jax/hub.py``)."""
+  from uniformerv2_jax import hub
+  from uniformerv2_jax.checkpoint import load_checkpoint
+  from uniformerv2_jax.trees import flat_state
+
+  if args.official_config or args.config or args.allow_missing or args.clip_activation:
+    raise UsageError("--format hub exports an Orbax checkpoint as it is: no config, "
+                     "--allow-missing or --clip-activation")
+  hub.write_hub(str(src_dir.resolve()), out, overwrite=args.overwrite)
+  files = sorted(p.name for p in out.iterdir())
+  say(f"source: {src_dir} (Orbax)")
+  say(f"wrote: {out}/ ({', '.join(files)})")
+  if args.verify:
+    a, b = flat_state(load_checkpoint(src_dir.resolve())), flat_state(load_checkpoint(out))
+    ok = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    say("verify: the folder loads back " + ("bit-identical" if ok else "DIFFERENT"))
+    say("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -458,6 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The input alone sets the direction: an Orbax directory is exported to the file format its
     # output's extension names; anything else is imported into an Orbax directory, whatever the
     # output is called (``run.ckpt`` is a fine directory name).
+    if src.is_dir() and _is_orbax_dir(src) and args.format == "hub":
+      return run_export_hub(args, src, dst)
+    if args.format == "hub":
+      raise UsageError(f"--format hub writes a hub folder from an Orbax checkpoint; {src} is not "
+                       "one")
     if src.is_dir() and _is_orbax_dir(src):
       if dst.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"{src} is an Orbax checkpoint: the output of an export must be a "
