@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,7 +178,7 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
     "source": str(checkpoint),
   }
   if onnx:
-    _write_onnx(lambda video: forward(leaves, video), (frames, size), metadata, output)
+    _write_onnx(forward, leaves, (frames, size), metadata, output)
     return metadata
   batch = jax.export.symbolic_shape("batch")[0]
   video = jax.ShapeDtypeStruct((batch, frames, size, size, 3), np.float32)
@@ -198,18 +199,35 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
   return metadata
 
 
-def _write_onnx(forward, frames_size: tuple[int, int], metadata: dict[str, Any],
+def _write_onnx(forward, weights: list, frames_size: tuple[int, int], metadata: dict[str, Any],
                 output: str) -> None:
+  """Convert with the weights as graph inputs (jax2onnx then traces shapes only: with the
+  weights as constants its memory grew past 23 GB for B/16), then make them initializers."""
   import onnx
   from jax2onnx import to_onnx
+  from onnx import numpy_helper
 
   from uniformerv2_jax import ops, predict
 
+  # onnx_ir warns once per shape constant it cannot type (hundreds of lines, harmless).
+  logging.getLogger("onnx_ir").setLevel(logging.ERROR)
   frames, size = frames_size
+  names = [f"weight_{i}" for i in range(len(weights))]
+  specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+
+  def flat_forward(*args):
+    return forward(list(args[:-1]), args[-1])
+
   with ops.target_platform("tpu"):  # the same portable forms as the .jax export
-    proto = to_onnx(forward, [("batch", frames, size, size, 3)], model_name="uniformerv2",
-                    input_names=["video"], output_names=["logits", "features"],
-                    return_mode="proto")
+    proto = to_onnx(flat_forward, [*specs, ("batch", frames, size, size, 3)],
+                    model_name="uniformerv2", input_names=[*names, "video"],
+                    output_names=["logits", "features"], return_mode="proto")
+  graph = proto.graph
+  kept = [i for i in graph.input if i.name not in set(names)]
+  del graph.input[:]
+  graph.input.extend(kept)
+  graph.initializer.extend(numpy_helper.from_array(np.asarray(w), name)
+                           for name, w in zip(names, weights, strict=True))
   entry = proto.metadata_props.add()
   entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
   onnx.checker.check_model(proto)
