@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.util import fast_compile_env
 from uniformerv2_jax.checkpoint import checkpoint_steps, load_checkpoint
 from uniformerv2_jax.data import demo_dataset
 from uniformerv2_jax.trees import flat_state
@@ -63,6 +64,9 @@ def _train_cmd(dataset, workdir, steps, checkpoint_every=3):
 
 
 STEPS = 12
+# The interrupted runs are compared only with the uninterrupted one, all run by the same command
+# and compiled alike (bit-identical either way): cheap XLA compiles.
+ENV = fast_compile_env()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def full_run(dataset, tmp_path_factory) -> str:
   """The uninterrupted run the interrupted ones must reproduce."""
   full = str(tmp_path_factory.mktemp("full"))
   subprocess.run(_train_cmd(dataset, full, STEPS), cwd=REPO, check=True, capture_output=True,
-                 timeout=600)
+                 timeout=600, env=ENV)
   return full
 
 
@@ -90,7 +94,7 @@ def _train_rows(workdir: str) -> list[int]:
 
 def _resume_and_compare(dataset: str, full: str, resumed: str) -> None:
   subprocess.run(_train_cmd(dataset, resumed, STEPS), cwd=REPO, check=True, capture_output=True,
-                 timeout=600)
+                 timeout=600, env=ENV)
   assert max(checkpoint_steps(resumed)) == STEPS
   a, b = flat_state(load_checkpoint(full)), flat_state(load_checkpoint(resumed))
   assert a.keys() == b.keys()
@@ -100,7 +104,7 @@ def _resume_and_compare(dataset: str, full: str, resumed: str) -> None:
 
 def test_sigkill_then_resume_is_bit_identical(dataset, full_run, tmp_path):
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(_train_cmd(dataset, killed, STEPS), cwd=REPO,
+  proc = subprocess.Popen(_train_cmd(dataset, killed, STEPS), cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for(lambda: any(s >= 6 for s in checkpoint_steps(killed)), proc)
   proc.send_signal(signal.SIGKILL)
@@ -117,7 +121,7 @@ def test_sigterm_saves_exits_zero_then_resume_is_bit_identical(dataset, full_run
   stopped = str(tmp_path / "stopped")
   # No periodic checkpoint before the end: the only one can come from the SIGTERM handling.
   proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS, checkpoint_every=STEPS), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   _wait_for(lambda: len(_train_rows(stopped)) >= 1, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=600)
@@ -145,7 +149,7 @@ def test_sigint_during_first_compile_then_rerun_is_bit_identical(dataset, full_r
   the compile finishes, nothing is saved (no step completed), exit 130; a re-run from the same
   workdir matches the uninterrupted run."""
   stopped = str(tmp_path / "stopped")
-  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO,
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   _wait_for(lambda: os.path.isdir(os.path.join(stopped, "checkpoints")), proc)
   assert not _train_rows(stopped), "a step ran before the interrupt: not a compile-time test"
@@ -158,7 +162,7 @@ def test_sigint_during_first_compile_then_rerun_is_bit_identical(dataset, full_r
 
 def test_second_sigint_exits_at_once(dataset, tmp_path):
   stopped = str(tmp_path / "stopped")
-  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO,
+  proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS), cwd=REPO, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   _wait_for(lambda: os.path.isdir(os.path.join(stopped, "checkpoints")), proc)
   proc.send_signal(signal.SIGINT)
@@ -174,7 +178,7 @@ def test_sigint_mid_run_saves_the_step_then_resume_is_bit_identical(dataset, ful
                                                                     tmp_path):
   stopped = str(tmp_path / "stopped")
   proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS, checkpoint_every=STEPS), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   _wait_for(lambda: len(_train_rows(stopped)) >= 1, proc)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=600)
@@ -191,7 +195,7 @@ def test_sigint_during_a_save_keeps_it_then_resume_is_bit_identical(dataset, ful
   no temporary folder is left, exit 130; resuming matches the uninterrupted run."""
   stopped = str(tmp_path / "stopped")
   proc = subprocess.Popen(_train_cmd(dataset, stopped, STEPS, checkpoint_every=1), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   saving = []
 
   def in_a_save() -> bool:
