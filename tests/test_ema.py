@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO
+from tests.util import fast_compile_env
 from uniformerv2_jax import checkpoint as ckpt_lib
 from uniformerv2_jax.data import demo_dataset
 from uniformerv2_jax.model import create_model
@@ -100,15 +101,16 @@ def _reference_checkpoint(trained, tmp_path) -> str:
   return path
 
 
-def _main(*args: str) -> None:
+def _main(*args: str, env: dict | None = None) -> None:
   subprocess.run([sys.executable, "main.py", *args], cwd=REPO, check=True, capture_output=True,
-                 timeout=600)
+                 timeout=600, env=env)
 
 
 def _eval_scores(trained, checkpoint: str, out: str, *flags: str) -> list[str]:
   _main("--mode", "eval", "--config", f"tests/tiny_train_config.py:{trained['root']}",
         "--config.dataset.test_list=val.csv",  # the generated dataset has no test split
-        "--checkpoint", checkpoint, "--workdir", out, *flags)
+        "--checkpoint", checkpoint, "--workdir", out, *flags,
+        env=fast_compile_env())  # the evals are compared only with each other: cheap compiles
   with open(os.path.join(out, "test_predictions.csv")) as f:
     return [(r["prediction"], float(r["score"])) for r in csv.DictReader(f)]
 
