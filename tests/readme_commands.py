@@ -97,6 +97,8 @@ COMMANDS: dict[str, Run | InCI] = {
     output=('"final_eval"',)),
   "pip install -r requirements-dev.txt": InCI(
     "pip install -q -r requirements-dev.txt", "CI installs the test requirements"),
+  "pip install --no-deps -r requirements-onnx.txt": InCI(
+    "pip install -q --no-deps -r requirements-onnx.txt", "CI installs the ONNX converter"),
   "python -m pytest -q -n 2 tests": InCI(
     "python -m pytest -q -n 2 tests", "this very test suite: not run recursively"),
   "python main.py --mode eval --config configs/demo.py --checkpoint demo_run": Run(

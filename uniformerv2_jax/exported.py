@@ -13,7 +13,8 @@ loads without copying constants) and ``metadata.json``: the model config, the la
 test views (frames, sampling, crops, normalisation mean/std, channel order) and the input and
 output layouts. ``--mode predict --checkpoint model.jax`` runs on it.
 
-The ``.onnx`` file is the same forward converted by ``jax2onnx`` (optional extra ``onnx``): it
+The ``.onnx`` file is the same forward converted by ``jax2onnx`` (optional extra ``onnx``, then
+jax2onnx itself with ``--no-deps``: ``requirements-onnx.txt`` says why): it
 translates the traced program directly, ``lax.scan`` over the layers included, so no second
 framework is involved (the other route, jax -> TensorFlow -> tf2onnx, needs TensorFlow). Input
 ``video`` ``[batch, T, H, W, 3]`` float32 with a dynamic batch axis, outputs ``logits`` and
@@ -148,7 +149,8 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
       import jax2onnx  # noqa: F401
     except ImportError:
       raise InputError(f"--output {output}: ONNX export needs jax2onnx (pip install "
-                       "'uniformerv2_jax[onnx]')") from None
+                       "'uniformerv2_jax[onnx]', then pip install --no-deps "
+                       "jax2onnx==0.17.0)") from None
   predict.check_output(output, "the exported model")
   prepared = predict.prepare(checkpoint, config, labels=labels, use_ema=use_ema)
   model, views = prepared.model, prepared.views
