@@ -309,7 +309,7 @@ def write_state(path: str | Path, sd: Mapping[str, np.ndarray], cfg: ModelConfig
 
   path = Path(path)
   suffix = path.suffix.lower()
-  tower = {k: getattr(cfg, k) for k in TOWER_FIELDS if getattr(cfg, k) != getattr(ModelConfig(), k)}
+  tower = cfg.tower_changes()
   if tower and (fmt != "official" or suffix != ".safetensors"):
     # The official code and MMAction2 hard-code OpenAI CLIP's tower, and a .pth/.npz state dict
     # has no room for the config: the weights would silently run as another tower.

@@ -159,8 +159,7 @@ def model_card(cfg, views, names: list[str] | None, results: dict[str, Any] | No
     "`model.load_state_dict(safetensors.torch.load_file('model.safetensors'), strict=True)`.",
     "",
   ]
-  if any(getattr(cfg, k) != v for k, v in (("activation", "quick_gelu"), ("patch_bias", False),
-                                           ("ln_pre", True), ("layer_scale", False))):
+  if cfg.tower_changes():
     lines += ["The backbone is not OpenAI CLIP's tower (see the tower options above), which "
               "the official code cannot build: use it from JAX.", ""]
   return "\n".join(lines)

@@ -658,12 +658,16 @@ def inflate_patch_kernel(w2d: np.ndarray, kt: int) -> np.ndarray:
   return out
 
 
-def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-  """Keys cubic convolution weights for the taps at offsets -1, 0, 1, 2 (``t`` in [0, 1))."""
-  d = np.stack([t + 1, t, 1 - t, 2 - t], axis=-1)  # distances to the four taps
+def _keys_kernel(d: np.ndarray, a: float) -> np.ndarray:
+  """Keys' cubic convolution kernel at distance ``d >= 0`` (zero from 2 on)."""
   near = ((a + 2) * d - (a + 3)) * d * d + 1
   far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-  return np.where(d <= 1, near, far)
+  return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys cubic convolution weights for the taps at offsets -1, 0, 1, 2 (``t`` in [0, 1))."""
+  return _keys_kernel(np.stack([t + 1, t, 1 - t, 2 - t], axis=-1), a)
 
 
 def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
@@ -695,17 +699,9 @@ def antialiased_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     lo = max(int(centre - support + 0.5), 0)  # int() truncates toward zero, as torch does
     hi = min(int(centre + support + 0.5), n_in)
     d = np.abs((np.arange(lo, hi) - centre + 0.5) / stretch)
-    w = np.where(d < 1, _cubic_weights_at(d, -0.5, near=True),
-                 np.where(d < 2, _cubic_weights_at(d, -0.5, near=False), 0.0))
+    w = _keys_kernel(d, -0.5)
     m[i, lo:hi] = w / w.sum()
   return m
-
-
-def _cubic_weights_at(d: np.ndarray, a: float, near: bool) -> np.ndarray:
-  """Keys' cubic convolution kernel at distance ``d``: the |d| < 1 piece or the 1 <= |d| < 2 one."""
-  if near:
-    return ((a + 2) * d - (a + 3)) * d * d + 1
-  return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
 
 
 # How each tower's own library resizes its positional embedding when the model is created at

@@ -158,6 +158,11 @@ class ModelConfig:
   def replace(self, **kw) -> ModelConfig:
     return dataclasses.replace(self, **kw)
 
+  def tower_changes(self) -> dict[str, Any]:
+    """The ``TOWER_FIELDS`` that differ from the official model's (OpenAI CLIP's tower)."""
+    official = ModelConfig()
+    return {k: getattr(self, k) for k in TOWER_FIELDS if getattr(self, k) != getattr(official, k)}
+
 
 # ----------------------------------------------------------------------------- initialisers
 # Each variable records how it is initialised (``init_spec`` metadata), so ``create_model`` can

@@ -111,7 +111,7 @@ def official_from_config(cfg: ModelConfig) -> dict[str, Any]:
     "width": cfg.width, "layers": cfg.layers, "heads": cfg.heads,
     "kernel_size": cfg.temporal_kernel,
   }
-  arch.update({k: getattr(cfg, k) for k, v in _TOWER_DEFAULTS.items() if getattr(cfg, k) != v})
+  arch.update(cfg.tower_changes())
   return {
     "MODEL": {"NUM_CLASSES": cfg.num_classes},
     "DATA": {"NUM_FRAMES": cfg.num_frames},
