@@ -70,6 +70,8 @@ flags.DEFINE_string("output", None, "predict: JSON file; extract: .npz (or .npy)
                     ".jax or .onnx file.")
 flags.DEFINE_string("labels", None, "Class names: a shipped map (kinetics400, ...) or a file.")
 flags.DEFINE_integer("batch_size", 8, "predict/extract: views per forward call.", lower_bound=1)
+flags.DEFINE_bool("merge", False, "predict/extract on several processes: process 0 also joins "
+                  "the parts OUTPUT-0000i-of-0000N into --output (on a folder all share).")
 flags.DEFINE_bool("extract_all", False, "extract: also per-block class tokens and global tokens.")
 flags.DEFINE_bool("use_ema", False, "eval/predict/extract: the checkpoint's EMA weights (written "
                   "by runs with --config.optim.ema_decay > 0) instead of the raw parameters.")
@@ -207,8 +209,16 @@ def predict_or_extract(config) -> int:
 
   if not FLAGS.checkpoint or not FLAGS.input:
     raise InputError(f"--mode {FLAGS.mode} needs --checkpoint DIR and --input PATH")
+  import jax
+
+  from uniformerv2_jax import sharding
+
+  # Several processes (one command per host) each take a block of the videos. A caller that
+  # runs predict and extract in one interpreter has set this up already.
+  if not jax.distributed.is_initialized():
+    sharding.maybe_initialize_distributed()
   common = dict(config=config, batch_size=FLAGS.batch_size, adapt=FLAGS.adapt,
-                use_ema=FLAGS.use_ema)
+                use_ema=FLAGS.use_ema, merge=FLAGS.merge)
   if FLAGS.mode == "predict":
     entries = predict.predict_videos(FLAGS.checkpoint, FLAGS.input, topk=FLAGS.topk,
                                      output=FLAGS.output, labels=FLAGS.labels, **common)

@@ -21,12 +21,20 @@ tokens. Views of all videos are batched ``batch_size`` at a time into one compil
 last batch is padded), so a run compiles the model once.
 
 An unreadable video is reported (``error``) and skipped; the others are still processed.
+
+Several processes (``jax.distributed``, the same command on every host) split the videos into
+contiguous blocks, one per process, each run on that process's devices alone (no collective:
+every view is independent). Each writes ``OUTPUT-0000i-of-0000N.ext`` in the format of
+``OUTPUT``; process 0 waits for all, then writes ``OUTPUT``'s ``.index.json`` (the parts, their
+videos and errors) and, with ``merge``, the parts concatenated into ``OUTPUT`` itself -- equal to
+what one process writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -574,7 +582,8 @@ def format_table(entries: Sequence[Mapping[str, Any]]) -> str:
 def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: int = 5,
                    output: str | None = None, labels: str | None = None, batch_size: int = 8,
                    adapt: str = "resize", read_threads: int = 2, progress: bool = True,
-                   verbose: bool = True, use_ema: bool = False) -> list[dict[str, Any]]:
+                   verbose: bool = True, use_ema: bool = False,
+                   merge: bool = False) -> list[dict[str, Any]]:
   """Top-``topk`` classes of every video of ``inputs`` (see :func:`find_videos`).
 
   Returns (and with ``output`` writes as JSON) one entry per video:
@@ -584,13 +593,17 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
   when the config's crop size differs from the model resolution (``resize`` the views to the
   model resolution, or ``pos_embed``: interpolate the positional embedding to the crop size).
   ``use_ema``: the checkpoint's EMA weights (``checkpoint.NoEmaError`` when it has none).
+  Under several processes the entries are this process's videos, ``output`` names its part
+  (see the module docstring) and ``merge`` has process 0 write ``output`` whole.
   """
   if topk < 1:
     raise InputError(f"topk must be at least 1, got {topk}")
+  share = ProcessShare.current()
+  share.check(output, merge)
   check_input(inputs)
   check_output(output, "the predictions JSON")
   prepared = prepare(checkpoint, config, labels=labels, adapt=adapt, use_ema=use_ema)
-  videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
+  videos = share.take(find_videos(inputs, _get(prepared.config, "dataset.root", "") or ""))
   results = run_videos(prepared, videos, batch_size=batch_size, read_threads=read_threads,
                        progress=progress)
   entries = []
@@ -598,18 +611,26 @@ def predict_videos(checkpoint: str, inputs: Any, *, config: Any = None, topk: in
     err = results.errors[v]
     entries.append({"video": path, "error": err,
                     "topk": [] if err else topk_entries(results.probs[v], prepared.names, topk)})
-  if output:
-    _write_atomically(str(output), lambda f: f.write(json.dumps(entries, indent=1).encode()))
+  target = share.part_path(str(output)) if output else None
+  if target:
+    _write_predictions(target, entries)
   if verbose:
     print(format_table(entries))
-    print(_summary(prepared, results) + (f"; wrote {output}" if output else ""))
+    print(_summary(prepared, results) + (f"; wrote {target}" if target else ""))
+  if output and share.count > 1:
+    share.finish(str(output), "predict", merge=merge, verbose=verbose)
   return entries
+
+
+def _write_predictions(output: str, entries: Sequence[Mapping[str, Any]]) -> None:
+  _write_atomically(output, lambda f: f.write(json.dumps(entries, indent=1).encode()))
 
 
 def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
                      output: str | None = None, extract_all: bool = False, batch_size: int = 8,
                      adapt: str = "resize", read_threads: int = 2, progress: bool = True,
-                     verbose: bool = True, use_ema: bool = False) -> dict[str, Any]:
+                     verbose: bool = True, use_ema: bool = False,
+                     merge: bool = False) -> dict[str, Any]:
   """Per-video features averaged over the test views.
 
   Returns ``{"features": [N, D] float32, "videos": [N] paths, "errors": [N] None or message,
@@ -617,28 +638,34 @@ def extract_features(checkpoint: str, inputs: Any, *, config: Any = None,
   backbone block's class token, mean over frames) and ``global_tokens [N, n_layers, D]`` (the
   video token after each global block). Rows of videos that failed are NaN. ``output``:
   ``.npz`` (all of the above; errors as strings, '' = fine) or ``.npy`` (features only, with
-  the paths in ``<stem>.videos.txt`` beside it). ``use_ema``: as :func:`predict_videos`.
+  the paths in ``<stem>.videos.txt`` beside it). ``use_ema``, several processes and ``merge``:
+  as :func:`predict_videos` (the parts are ``.npz``).
   """
   if output and not str(output).endswith((".npz", ".npy")):
     raise InputError(f"--output {output}: use a .npz (or, for the features only, .npy) file")
   if output and extract_all and str(output).endswith(".npy"):
     raise InputError("--extract_all writes several arrays: use a .npz output")
+  share = ProcessShare.current()
+  share.check(output, merge)
   check_input(inputs)
   check_output(output, "the features")
   prepared = prepare(checkpoint, config, adapt=adapt, use_ema=use_ema)
-  videos = find_videos(inputs, _get(prepared.config, "dataset.root", "") or "")
+  videos = share.take(find_videos(inputs, _get(prepared.config, "dataset.root", "") or ""))
   results = run_videos(prepared, videos, batch_size=batch_size, extract_all=extract_all,
                        read_threads=read_threads, progress=progress)
   out = {"features": results.features, "videos": results.videos, "errors": results.errors,
          "num_views": results.num_views, **results.extra}
-  if output:
-    _write_features(str(output), out)
+  target = share.part_path(str(output)) if output else None
+  if target:
+    _write_features(target, out)
   if verbose:
     for path, err in zip(results.videos, results.errors, strict=True):
       if err:
         print(f"{path}\n    ERROR  {err}")
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items() if isinstance(v, np.ndarray))
-    print(_summary(prepared, results) + f"; {shapes}" + (f"; wrote {output}" if output else ""))
+    print(_summary(prepared, results) + f"; {shapes}" + (f"; wrote {target}" if target else ""))
+  if output and share.count > 1:
+    share.finish(str(output), "extract", merge=merge, verbose=verbose)
   return out
 
 
@@ -652,4 +679,101 @@ def _write_features(output: str, out: Mapping[str, Any]) -> None:
   arrays.update(videos=np.asarray(out["videos"], dtype=str),
                 errors=np.asarray([e or "" for e in out["errors"]], dtype=str),
                 num_views=np.asarray(out["num_views"]))
+  _write_atomically(output, lambda f: np.savez(f, **arrays))
+
+
+# ----------------------------------------------------------------------------- several processes
+def index_path(output: str) -> str:
+  """Where process 0 lists the parts of ``output``: ``<stem>.index.json`` beside it."""
+  return os.path.splitext(output)[0] + ".index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShare:
+  """This process's block of the videos when ``count`` processes run the same command.
+
+  Contiguous blocks of the (deterministic) input order, sizes differing by at most one: part
+  ``i`` then holds rows ``i`` of the single-process output in order, so merging is concatenation
+  and a part's videos read as one range of the input list."""
+
+  index: int
+  count: int
+
+  @classmethod
+  def current(cls) -> ProcessShare:
+    """The share of this process (``jax.process_index`` of ``jax.process_count``)."""
+    return cls(jax.process_index(), jax.process_count())
+
+  def check(self, output: str | None, merge: bool) -> None:
+    """Fails before any work on settings the parts cannot honour."""
+    if merge and not output:
+      raise InputError("--merge joins the parts of --output: give --output FILE")
+    if self.count > 1 and output and str(output).endswith(".npy"):
+      raise InputError(f"--output {output}: {self.count} processes write parts that carry their "
+                       "videos and errors; use a .npz output")
+
+  def take(self, videos: Sequence[str]) -> list[str]:
+    """This process's contiguous block of ``videos``."""
+    n = len(videos)
+    return list(videos[self.index * n // self.count:(self.index + 1) * n // self.count])
+
+  def part_path(self, output: str, index: int | None = None) -> str:
+    """``OUTPUT-0000i-of-0000N.ext`` (``output`` itself for one process)."""
+    if self.count == 1:
+      return output
+    stem, ext = os.path.splitext(output)
+    return f"{stem}-{self.index if index is None else index:05d}-of-{self.count:05d}{ext}"
+
+  def finish(self, output: str, kind: str, *, merge: bool, verbose: bool) -> None:
+    """Every process waits here until all parts are written; process 0 then writes the index
+    and, with ``merge``, ``output``."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"uniformerv2_jax {kind} parts of {output}")
+    if self.index != 0:
+      return
+    parts = [self.part_path(output, i) for i in range(self.count)]
+    loaded = [_read_part(p, kind, output) for p in parts]
+    index = {"output": output, "merged": merge,
+             "num_videos": sum(len(p["videos"]) for p in loaded),
+             "num_failed": sum(e is not None for p in loaded for e in p["errors"]),
+             "parts": [{"process": i, "file": path, "num_videos": len(p["videos"]),
+                        "errors": [{"video": v, "error": e}
+                                   for v, e in zip(p["videos"], p["errors"], strict=True) if e]}
+                       for i, (path, p) in enumerate(zip(parts, loaded, strict=True))]}
+    _write_atomically(index_path(output),
+                      lambda f: f.write(json.dumps(index, indent=1).encode()))
+    if merge:
+      _write_merged(output, kind, loaded)
+    if verbose:
+      print(f"wrote {index_path(output)}: {index['num_videos']} videos in {self.count} parts "
+            f"({index['num_failed']} failed)" + (f"; merged into {output}" if merge else ""))
+
+
+def _read_part(path: str, kind: str, output: str) -> dict[str, Any]:
+  """One part as written: ``videos``, ``errors`` (None = fine) and the payload (``entries``
+  of a prediction JSON, ``arrays`` of a features .npz)."""
+  from etils import epath
+
+  part = epath.Path(path)
+  if not part.exists():
+    raise InputError(f"--output {output}: process 0 finds no part {path}; the parts must be "
+                     "written to a folder all processes share (NFS, gs://...)")
+  if kind == "predict":
+    entries = json.loads(part.read_text())
+    return {"videos": [e["video"] for e in entries], "errors": [e["error"] for e in entries],
+            "entries": entries}
+  with np.load(io.BytesIO(part.read_bytes())) as z:
+    arrays = {k: z[k] for k in z.files}
+  return {"videos": arrays["videos"].tolist(),
+          "errors": [e or None for e in arrays["errors"].tolist()], "arrays": arrays}
+
+
+def _write_merged(output: str, kind: str, parts: Sequence[Mapping[str, Any]]) -> None:
+  """The parts, in process order, as one output in the single-process format."""
+  if kind == "predict":
+    _write_predictions(output, [e for p in parts for e in p["entries"]])
+    return
+  arrays = {k: (v if k == "num_views" else np.concatenate([p["arrays"][k] for p in parts]))
+            for k, v in parts[0]["arrays"].items()}
   _write_atomically(output, lambda f: np.savez(f, **arrays))
