@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0 = once per epoch
   c.keep_checkpoints = 2
   c.keep_best = True  # also keep the checkpoint with the best eval top-1
+  c.export_hub = False  # at the end of the run, write WORKDIR/hub (hub.write_hub) for a model hub
   # ---- optimisation (official recipe)
   c.optim = ml_collections.ConfigDict(dict(
     base_lr=1e-5, warmup_epochs=5.0, warmup_start_lr=1e-6, end_lr=1e-6, weight_decay=0.05,
