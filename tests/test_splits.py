@@ -116,7 +116,7 @@ def test_prepare_and_predict_read_the_split_files(ucf_root, tmp_path):
   root, expected = ucf_root
   out = str(tmp_path / "shards")
   prepare.main(["--dataset", "ucf101", "--split", "1", "--subset", "test", "--prefix", root,
-                "--out", out, "--short-side", "32"])
+                "--out", out, "--short-side", "32", "--runner", "local"])
   shards = ArrayRecordSource(out)
   assert [(shards[i]["path"], shards[i]["label"]) for i in range(len(shards))] == [
     (f"UCF-101/{rel}", label) for rel, label in expected[1, "test"]]
