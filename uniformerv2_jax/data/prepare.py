@@ -265,7 +265,7 @@ def write_shard(job: ShardJob) -> dict:
       shutil.rmtree(workdir, ignore_errors=True)
   entry = {"shard": shard, "errors": errors}
   _entry_file(job.out, job.index).write_text(json.dumps(entry))
-  tmp.rename(out / job.name)
+  tmp.replace(out / job.name)  # replace: a retried worker may find its shard already there
   seconds = time.perf_counter() - start
   print(f"prepare: shard {job.index + 1}/{job.count} written: {len(job.videos)} videos "
         f"({len(errors)} errors) in {seconds:.1f} s, {len(job.videos) / seconds:.2f} videos/s",
