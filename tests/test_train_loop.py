@@ -38,6 +38,7 @@ def test_training_reduces_loss_and_writes_everything(dataset, tmp_path):
   config.total_steps = 40
   config.eval_every_steps = 20
   config.checkpoint_every_steps = 20
+  config.export_hub = True
   workdir = str(tmp_path / "run")
   summary = train_and_evaluate(config, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -54,6 +55,17 @@ def test_training_reduces_loss_and_writes_everything(dataset, tmp_path):
   assert os.path.getsize(os.path.join(workdir, "training_curves.png")) > 1000
   model = load_checkpoint(workdir)  # Orbax alone restores the model with its config
   assert model.cfg.width == 32
+  # The hub folder of the finished run: the final checkpoint's weights bit for bit, its class
+  # names, and a card with the last eval's top-1 and the command that measured it.
+  hub = os.path.join(workdir, "hub")
+  final, exported = flat_state(model), flat_state(load_checkpoint(hub))
+  assert final.keys() == exported.keys()
+  for k in final:
+    np.testing.assert_array_equal(np.asarray(exported[k]), np.asarray(final[k]), err_msg=str(k))
+  assert open(os.path.join(hub, "labels.txt")).read().splitlines() == list(demo_dataset.CLASSES)
+  card = open(os.path.join(hub, "README.md")).read()
+  assert f"top-1 {100 * results['top1']:.2f} %" in card and "(step 40)" in card, card
+  assert f"--mode eval --config <the run's config> --checkpoint {workdir}" in card
 
 
 def _train_cmd(dataset, workdir, steps, checkpoint_every=3):

@@ -93,7 +93,8 @@ def write_hub(checkpoint: str, out: str | Path, *, overwrite: bool = False) -> d
   elif (out / LABELS).exists():
     (out / LABELS).unlink()
   (out / CARD).write_text(model_card(cfg, views, prepared.names, results, info,
-                                     count_params(model), out.name))
+                                     count_params(model), out.name,
+                                     workdir=str(checkpoint) if results is not None else None))
   return config
 
 
@@ -109,8 +110,9 @@ def _eval_results(checkpoint: str) -> dict[str, Any] | None:
 
 
 def model_card(cfg, views, names: list[str] | None, results: dict[str, Any] | None,
-               info: dict[str, Any], params: int, folder: str) -> str:
-  """The README.md of a hub folder."""
+               info: dict[str, Any], params: int, folder: str,
+               workdir: str | None = None) -> str:
+  """The README.md of a hub folder (``workdir``: the training run the results are of)."""
   train = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
   dataset = (train.get("dataset") or {}).get("name") or info.get("zoo") or "unknown"
   tower = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("activation", "patch_bias", "ln_pre",
@@ -141,7 +143,7 @@ def model_card(cfg, views, names: list[str] | None, results: dict[str, Any] | No
               f"{results.get('num_videos', '?')} videos of {dataset} (step "
               f"{results.get('step', '?')}), measured with:", "",
               "```bash", "python main.py --mode eval --config <the run's config> "
-              "--checkpoint <the run's workdir>", "```", ""]
+              f"--checkpoint {workdir or '<the run workdir>'}", "```", ""]
   else:
     lines += ["Not measured with this package (no evaluation recorded with the checkpoint).", ""]
   lines += [

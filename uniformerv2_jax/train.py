@@ -468,6 +468,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
               force=True)
   ckpt.close()
   writer.close()
+  if step >= run.total_steps and c.get("export_hub", False):
+    export_hub(workdir)
   if interrupt.requested and step < run.total_steps:
     what = "SIGTERM" if interrupt.signal == signal.SIGTERM else "interrupted"
     saved = ckpt.latest_step()
@@ -477,6 +479,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     if interrupt.signal == signal.SIGINT:
       return {**summary, "interrupted": True}
   return summary
+
+
+def export_hub(workdir: str) -> None:
+  """The finished run as a model-hub folder, ``WORKDIR/hub`` (``hub.write_hub``: the final
+  weights, config, labels and a card with the last eval's top-1); replaced on a rerun."""
+  if jax.process_count() > 1 or "://" in workdir:
+    # Loading the run back on one process would wait for the others; the folder is local.
+    logging.warning("export_hub: written by single-process runs on local workdirs; write it "
+                    "with `python convert_torch_weights.py --input %s --output %s --format hub`",
+                    workdir, os.path.join(workdir, "hub"))
+    return
+  from uniformerv2_jax import hub
+
+  out = os.path.join(workdir, "hub")
+  hub.write_hub(workdir, out, overwrite=True)
+  logging.info("wrote the hub folder %s", out)
 
 
 def _ckpt_config(config, cfg: ModelConfig, names) -> dict[str, Any]:

@@ -61,4 +61,5 @@ def get_config(arg: str = ""):
   c.aug.random_flip = False  # a flip would swap left/right and clockwise/counter-clockwise
   c.sampling.test_clips = 1
   c.sampling.test_crops = 1
+  c.export_hub = True  # the trained model as DIR/hub (weights, config, labels, model card)
   return c
