@@ -227,6 +227,13 @@ COMMANDS: dict[str, Run | InCI] = {
   "python main.py --mode extract --checkpoint ckpt/k400_b16 --input list.csv --output "
   "feats.npz --extract_all": Run("convert", files=("feats.npz",),
                                  output=("2 of 2 videos processed", "block_cls")),
+  # One process here (srun dropped): --merge has no parts to join and the output is written as
+  # without it; two processes: tests/test_multihost_predict.py.
+  "srun --nodes=4 --ntasks-per-node=1 python main.py --mode extract --checkpoint ckpt/k400_b16 "
+  "--input list.csv --output /shared/feats.npz --merge": Run(
+    "convert", replace=(("srun --nodes=4 --ntasks-per-node=1 ", ""),
+                        ("/shared/feats.npz", "{ws}/shared/feats.npz")),
+    files=("shared/feats.npz",), output=("2 of 2 videos processed",)),
   # -- Memory plan
   "python main.py --mode plan --config configs/k400.py:l14_64x336_k710 "
   "--config.remat_policy=full --config.precision=bfloat16 --config.batch_size=1 "
