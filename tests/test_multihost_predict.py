@@ -22,6 +22,8 @@ from tests.test_predict import _frames
 from tests.util import fast_compile_env
 from uniformerv2_jax import checkpoint, load_official
 from uniformerv2_jax.data.demo_dataset import write_mp4
+from uniformerv2_jax.errors import InputError
+from uniformerv2_jax.predict import ProcessShare
 
 # Sorted input order: a b c | d_broken e f -> process 0 takes a, b, c; process 1 the rest, the
 # broken file included, so its error has to travel through process 1's part.
@@ -127,3 +129,21 @@ def test_two_processes_equal_one(inputs, tmp_path):
     assert index["parts"][0]["errors"] == []
     assert index["parts"][1]["errors"] == [{"video": entries[3]["video"],
                                             "error": entries[3]["error"]}]
+
+
+def test_blocks_and_bad_settings():
+  """Blocks of every size split any list into its contiguous, in-order pieces; settings the
+  parts cannot honour fail before any work, naming the flag."""
+  for n in range(0, 12):
+    for count in range(1, 6):
+      videos = [f"v{i}" for i in range(n)]
+      blocks = [ProcessShare(i, count).take(videos) for i in range(count)]
+      assert [v for b in blocks for v in b] == videos
+      assert {len(b) for b in blocks} <= {n // count, -(-n // count)}
+  assert ProcessShare(0, 1).part_path("out/feats.npz") == "out/feats.npz"
+  assert ProcessShare(1, 12).part_path("gs://b/p.json") == "gs://b/p-00001-of-00012.json"
+  with pytest.raises(InputError, match="--merge .*--output"):
+    ProcessShare(0, 2).check(None, True)
+  with pytest.raises(InputError, match="--output f.npy: 2 processes .* .npz"):
+    ProcessShare(1, 2).check("f.npy", False)
+  ProcessShare(0, 1).check("f.npy", False)  # one process: .npy as before
