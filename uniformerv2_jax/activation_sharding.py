@@ -6,13 +6,16 @@ gathering the weights: temporaries then grow with the global batch (measured: L/
 ``fsdp=4`` needed 27.8 GiB of temporaries per chip vs 11.3 GiB on ``data=4``). The model calls
 :func:`constrain_batch` on the residual stream between blocks; it is a no-op unless a step
 builder entered :func:`activation_sharding` (so eager calls and single-device code are
-unaffected). The context is read at trace time, which is when it matters.
+unaffected). The context is read at trace time, which is when it matters. Per-device BatchNorm
+(``bn_sync=False``) reads the number of batch shards from the same context
+(:func:`batch_shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -41,6 +44,22 @@ def activation_sharding(mesh: Mesh | None, rules: Mapping[str, Any]) -> Iterator
     yield
   finally:
     _CURRENT.reset(token)
+
+
+def batch_shards() -> int:
+  """How many blocks the batch is split into over the mesh of the enclosing
+  :func:`activation_sharding` (its batch axes' sizes multiplied); 1 outside one.
+
+  ``P(axes)`` on the leading dimension gives the device at position ``g`` of the batch axes
+  (row-major over data x fsdp) the ``g``-th contiguous block of the batch; per-device
+  BatchNorm groups the batch the same way.
+  """
+  current = _CURRENT.get()
+  if current is None:
+    return 1
+  mesh, axes = current
+  names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+  return math.prod(mesh.shape[a] for a in names)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:

@@ -188,6 +188,8 @@ def _model(p: _Problems) -> None:
   if p.has("aug.crop_size") and c.aug.crop_size % cfg.patch_size:
     p.add(f"aug.crop_size = {c.aug.crop_size}: must be a multiple of model.patch_size "
           f"{cfg.patch_size}")
+  p.check("model.bn_sync", lambda v: isinstance(v, bool),
+          "True (BatchNorm statistics over the global batch) or False (per device)")
   p.check("init_head", lambda v: v in INIT_HEADS, f"one of {', '.join(INIT_HEADS)}")
   init = getattr(c, "init_from", "")
   if init and "://" not in init and not os.path.exists(init):

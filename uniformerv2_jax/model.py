@@ -27,7 +27,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from uniformerv2_jax import ops
-from uniformerv2_jax.activation_sharding import constrain_batch
+from uniformerv2_jax.activation_sharding import batch_shards, constrain_batch
 from uniformerv2_jax.errors import InputError
 
 # Collections whose parameters carry a leading stacked-layer axis.
@@ -80,6 +80,11 @@ class ModelConfig:
   ln_pre: bool = True  # LayerNorm after the embeddings (CLIP's ln_pre, timm's norm_pre)
   layer_norm_eps: float = 1e-5  # the tower's LayerNorms: CLIP 1e-5, timm 1e-6, HF ViT 1e-12
   layer_scale: bool = False  # per-block learned scales of both branches (DINOv2's ls1 / ls2)
+  # Training-time BatchNorm (local MHRA) statistics: True = over the whole global batch
+  # (synchronised across devices); False = over each batch shard of the mesh (data x fsdp), as
+  # the official DDP training with plain BatchNorm3d normalises each GPU's sub-batch
+  # (BatchNorm). Evaluation reads the running statistics either way.
+  bn_sync: bool = True
   # Implementation choices; none of them changes the numbers.
   scan_layers: bool = True
   remat_policy: str = "none"  # none | full | dots | dots_no_batch | qkv_mlp (_remat)
@@ -376,10 +381,28 @@ class Count(nnx.BatchStat):
 
 
 class BatchNorm(nnx.Module):
-  """torch BatchNorm3d semantics: biased variance to normalise, unbiased in the running var."""
+  """torch BatchNorm3d semantics: biased variance to normalise, unbiased in the running var.
 
-  def __init__(self, dim, *, param_dtype, momentum=0.1, eps=1e-5):
-    self.momentum, self.eps = momentum, eps
+  Training statistics cover the whole batch (``sync=True``) or, with ``sync=False``, each batch
+  shard separately: the batch ``[B, ...]`` is cut into ``G`` contiguous blocks of ``B / G``
+  clips, ``G`` the number of batch shards of the mesh the step traces under
+  (:func:`~uniformerv2_jax.activation_sharding.batch_shards`; 1 without a mesh). The batch
+  sharding gives device ``g`` (in data x fsdp order) exactly block ``g``, so each device
+  normalises its own sub-batch with its own mean and variance, and the gradients are those of
+  that per-device computation, as under PyTorch DDP with plain BatchNorm3d (devices along the
+  ``tensor`` axis hold the same shard, hence the same statistics). The running
+  statistics then take block 0's batch statistics: DDP (``broadcast_buffers=True``) copies
+  rank 0's buffers to every rank before each forward and the official checkpoints are saved
+  by rank 0, so the official running statistics are one replica's, updated from its own
+  sub-batches only.
+
+  The groups are a reshape, not a ``shard_map``: the numbers follow from the grouping alone,
+  whatever the partitioner does and with no mesh at all, and nothing has to be threaded through
+  the layer scan, remat and ``jax.grad``; a sharding constraint keeps each group on its device.
+  """
+
+  def __init__(self, dim, *, param_dtype, momentum=0.1, eps=1e-5, sync=True):
+    self.momentum, self.eps, self.sync = momentum, eps, sync
     self.scale = _param(None, ONES, (dim,), param_dtype)
     self.bias = _zeros((dim,), param_dtype)
     self.mean = nnx.BatchStat(jnp.zeros((dim,), param_dtype), init_spec=ZEROS)
@@ -388,21 +411,31 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x, train: bool):
     ct = jnp.promote_types(x.dtype, jnp.float32)
-    xf = x.reshape(-1, x.shape[-1]).astype(ct)  # 2-D, as in layer_norm
+    groups = 1 if self.sync or not train else batch_shards()
+    if x.shape[0] % groups:
+      raise InputError(f"per-device BatchNorm (bn_sync=False): batch {x.shape[0]} does not "
+                       f"split over the mesh's {groups} batch shards")
+    # [G, B/G * ..., C]: row-major, so group g holds batch rows g*B/G .. (g+1)*B/G - 1.
+    xg = x.reshape(groups, -1, x.shape[-1]).astype(ct)
+    if groups > 1:
+      xg = constrain_batch(xg)  # each group stays on the device whose batch shard it is
     if train:
-      mean = xf.mean(0)
-      var = jnp.square(xf - mean).mean(0)
-      n = xf.shape[0]
-      m = self.momentum
-      rm, rv = self.mean[...], self.var[...]
-      self.mean[...] = ((1 - m) * rm + m * jax.lax.stop_gradient(mean)).astype(rm.dtype)
-      unbiased = var * (n / max(n - 1, 1))
-      self.var[...] = ((1 - m) * rv + m * jax.lax.stop_gradient(unbiased)).astype(rv.dtype)
-      self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+      mean = xg.mean(1, keepdims=True)
+      var = jnp.square(xg - mean).mean(1, keepdims=True)
+      self._update_running(mean[0, 0], var[0, 0], xg.shape[1])
     else:
       mean, var = self.mean[...].astype(ct), self.var[...].astype(ct)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(ct)
+    y = (xg - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(ct)
     return (y + self.bias[...].astype(ct)).astype(x.dtype).reshape(x.shape)
+
+  def _update_running(self, mean, var, n):
+    """Momentum update from one group's biased batch moments over ``n`` positions."""
+    m = self.momentum
+    rm, rv = self.mean[...], self.var[...]
+    self.mean[...] = ((1 - m) * rm + m * jax.lax.stop_gradient(mean)).astype(rm.dtype)
+    unbiased = var * (n / max(n - 1, 1))
+    self.var[...] = ((1 - m) * rv + m * jax.lax.stop_gradient(unbiased)).astype(rv.dtype)
+    self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
 
 
 class LocalMHRA(nnx.Module):
@@ -412,8 +445,8 @@ class LocalMHRA(nnx.Module):
   multiply-adds along T'. The last conv starts at zero, so the branch starts as an identity.
   """
 
-  def __init__(self, dim, reduced, *, rngs, param_dtype):
-    self.bn = BatchNorm(dim, param_dtype=param_dtype)
+  def __init__(self, dim, reduced, *, rngs, param_dtype, bn_sync=True):
+    self.bn = BatchNorm(dim, param_dtype=param_dtype, sync=bn_sync)
     self.down = Dense(dim, reduced, rngs=rngs, param_dtype=param_dtype)
     self.dw_kernel = _param(rngs, _torch_default_uniform(3), (3, reduced), param_dtype)
     self.dw_bias = _param(rngs, _torch_default_uniform(3), (reduced,), param_dtype)
@@ -438,9 +471,10 @@ class ResidualBlock(nnx.Module):
     pd = cfg.param_dtype
     c = cfg.width
     if not cfg.no_lmhra:
-      self.lmhra1 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd)
+      self.lmhra1 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd, bn_sync=cfg.bn_sync)
       if cfg.double_lmhra:
-        self.lmhra2 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd)
+        self.lmhra2 = LocalMHRA(c, cfg.lmhra_dim, rngs=rngs, param_dtype=pd,
+                                bn_sync=cfg.bn_sync)
     eps = cfg.layer_norm_eps
     self.attn = MultiHeadAttention(c, cfg.heads, rngs=rngs, param_dtype=pd)
     self.ln_1 = LayerNorm(c, param_dtype=pd, eps=eps)

@@ -5,7 +5,9 @@ parameter gets logical axis names from its path (``embed``, ``heads``, ``mlp``, 
 ``layers``...); the config's rules map logical names to mesh axes (default: ``embed`` -> fsdp,
 ``heads``/``mlp`` -> tensor). A dimension that the mesh axis does not divide stays replicated.
 The batch is split over ``data`` x ``fsdp``. Everything else is replicated. Under ``jax.jit``
-the whole step sees the global batch, so BatchNorm statistics are synchronised across devices.
+the whole step sees the global batch, so BatchNorm statistics are synchronised across devices,
+unless the model says ``bn_sync=False``: then each batch shard is normalised with its own
+statistics (``model.BatchNorm``; the step must be built with its ``mesh``).
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def make_train_step(graphdef, other, tx: optax.GradientTransformation, *,
                     rules: Mapping[str, Any] | None = None):
   """``train_step(state, batch) -> (state, metrics)``; ``batch`` has ``video`` ``[B,T,H,W,3]``
   (float, normalised) and ``label`` (``[B]`` ints or ``[B, K]`` soft labels). With ``mesh``
-  (and the sharding ``rules``) the model's activations are pinned to the batch axes."""
+  (and the sharding ``rules``) the model's activations are pinned to the batch axes, and a
+  model with ``bn_sync=False`` normalises each batch shard with its own BatchNorm
+  statistics (without ``mesh`` the whole batch is one shard)."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     with activation_sharding(mesh, rules or {}):
