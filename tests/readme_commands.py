@@ -198,6 +198,12 @@ COMMANDS: dict[str, Run | InCI] = {
                         # one trained split stands in for each split's run
                         ("'runs/ucf101_split{split}'", "runs/ucf101_split1")),
     append=("--config.model.num_classes=3",), output=('"split": 3', '"mean_top1"')),
+  # -- ArrayRecord shards (Beam's DirectRunner in this process: worker processes start in ~10 s)
+  "python -m uniformerv2_jax.data.prepare --list /data/k400/train.csv --prefix /data/k400 "
+  "--out shards/train --format jpeg": Run(
+    "train", replace=(("/data/k400", "{k400}"),), append=("--direct_running_mode=in_memory",),
+    files=("shards/train/index.json", "shards/train/errors.jsonl"),
+    output=("wrote 1 shard(s) to shards/train", "0 errors")),
   # -- Sharding: the launchers run the inner command on every host; here it runs once, on 4
   # simulated CPU devices (what one TPU VM worker of a v4-32 slice shows for fsdp=4).
   'gcloud compute tpus tpu-vm ssh NAME --worker=all --command "cd uniformerv2_jax && python '
