@@ -174,6 +174,8 @@ class Video:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  """How the videos are stored (part of what a resumed run must match)."""
+
   short_side: int = 320
   fmt: str = "mp4"
   records_per_shard: int = 1000
@@ -266,7 +268,7 @@ def write_shard(job: ShardJob) -> dict:
   entry = {"shard": shard, "errors": errors}
   _entry_file(job.out, job.index).write_text(json.dumps(entry))
   tmp.replace(out / job.name)  # replace: a retried worker may find its shard already there
-  seconds = time.perf_counter() - start
+  seconds = max(time.perf_counter() - start, 1e-9)
   print(f"prepare: shard {job.index + 1}/{job.count} written: {len(job.videos)} videos "
         f"({len(errors)} errors) in {seconds:.1f} s, {len(job.videos) / seconds:.2f} videos/s",
         file=sys.stderr, flush=True)
