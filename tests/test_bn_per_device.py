@@ -86,7 +86,7 @@ SCRIPT = textwrap.dedent("""
       m = nnx.merge(graphdef, params, stats, copy=True)
       with activation_sharding(mesh, rules):
         y = m(xs, train=True)
-      return jnp.sum(y * cot), (y, nnx.state(m, nnx.BatchStat))
+      return jnp.sum(y * cot[: len(xs)]), (y, nnx.state(m, nnx.BatchStat))
 
     # An uneven batch cannot be placed on the batch shards: it enters replicated.
     xs = jax.device_put(batch, S.batch_sharding(mesh, rules, batch.ndim) if len(batch) % G
