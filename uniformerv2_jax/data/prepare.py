@@ -344,8 +344,10 @@ def _check_same_plan(plan: Plan) -> None:
   have = json.loads(plan_file.read_text()) if plan_file.exists() else None
   if have == want:
     return
+  short = lambda v: v[:12] if isinstance(v, str) and len(v) == 64 else v  # a sha256: its head
   what = ("shards of another list or settings (" + ", ".join(
-    f"{k} {have.get(k)} here, {v} now" for k, v in want.items() if have.get(k) != v) + ")"
+    f"{k} {short(have.get(k))} here, {short(v)} now" for k, v in want.items()
+    if have.get(k) != v) + ")"
     if have else f"shards that no plan file ({STATE_DIR}/{PLAN_FILE}) ties to a list")
   raise InputError(f"--out {plan.out} holds {what}: give another --out, or --overwrite to "
                    "replace them")
