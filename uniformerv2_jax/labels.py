@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from etils import epath
+
 from uniformerv2_jax.data import splits
 from uniformerv2_jax.errors import InputError, InputNotFound
 
@@ -26,18 +28,20 @@ def available() -> list[str]:
   return sorted(p.stem for p in MAPS_DIR.glob("*.txt")) if MAPS_DIR.is_dir() else []
 
 
-def read_label_file(path: str | Path, num_classes: int | None = None) -> list[str]:
-  names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+def read_label_file(path: str | Path | epath.Path, num_classes: int | None = None) -> list[str]:
+  names = [line.strip() for line in epath.Path(path).read_text().splitlines() if line.strip()]
   if num_classes is not None and len(names) != num_classes:
     raise InputError(f"{path}: {len(names)} class names, the model has {num_classes} classes")
   return names
 
 
-def resolve(spec: str, root: str = "") -> Path | None:
-  """A label-map name (``kinetics400``) or a path (absolute, or relative to ``root``)."""
+def resolve(spec: str, root: str = "") -> epath.Path | None:
+  """A label-map name (``kinetics400``) or a path (absolute, or relative to ``root``; local or
+  a URL such as ``gs://``)."""
   if not spec:
     return None
-  for cand in (Path(spec), Path(root) / spec if root else None, MAPS_DIR / f"{spec}.txt"):
+  for cand in (epath.Path(spec), epath.Path(root) / spec if root else None,
+               epath.Path(MAPS_DIR / f"{spec}.txt")):
     if cand is not None and cand.is_file():
       return cand
   return None

@@ -456,6 +456,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       summary = evaluate(run, val_src, workdir=workdir, step=step, names=names)
       writer.log_eval(step, summary)
     if step % ckpt_every == 0 or done or interrupt.requested:
+      writer.flush()  # the rows up to this step are durable before the checkpoint commits
       ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
                 metrics={"top1": summary["top1"]} if step % eval_every == 0 or done else None,
                 force=True)
@@ -464,6 +465,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       batch, skipped = _next_batch(it)
   if interrupt.requested and step > saved:  # the signal came after this step's save check
     # data_state is still the position after this step's batch: the one read since is unused.
+    writer.flush()
     ckpt.save(step, run.state, data_state=data_state, config=_ckpt_config(c, run.cfg, names),
               force=True)
   ckpt.close()

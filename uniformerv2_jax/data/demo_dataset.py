@@ -28,8 +28,9 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.arg_types import nonnegative_int, positive_int
-from uniformerv2_jax.errors import run_main
+from uniformerv2_jax.errors import InputError, run_main
 
 CLASSES: tuple[str, ...] = (
   "move_left",
@@ -254,7 +255,7 @@ def generate(out: str, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
 
 
 def _complete(root: str) -> bool:
-  return all(os.path.isfile(os.path.join(root, p)) for p in ("train.csv", "val.csv", "labels.txt"))
+  return all(storage.isfile(os.path.join(root, p)) for p in ("train.csv", "val.csv", "labels.txt"))
 
 
 def ensure_demo_dataset(root: str, seed: int = 0) -> str:
@@ -263,9 +264,13 @@ def ensure_demo_dataset(root: str, seed: int = 0) -> str:
   Generation writes to a temporary sibling directory and renames it into place, so a crash or
   a concurrent caller never leaves a half-written dataset at ``root``.
   """
-  root = os.path.abspath(root)
+  root = storage.absolute(root)
   if _complete(root):
     return root
+  if storage.is_url(root):  # generation renames a local folder into place
+    raise InputError(f"{root}: no demo dataset there (train.csv, val.csv, labels.txt); "
+                     "generate it locally (python -m uniformerv2_jax.data.demo_dataset --out DIR) "
+                     "and copy DIR there")
   if os.path.exists(root) and os.listdir(root):
     raise FileExistsError(f"{root} exists but is not a complete demo dataset")
   parent = os.path.dirname(root)

@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.data import video as video_lib
 from uniformerv2_jax.data.video import Clip, DecodeError
 from uniformerv2_jax.errors import InputError, InputNotFound
@@ -48,10 +49,9 @@ class ListFileError(InputError):
 
 
 def _read_lines(list_file: str) -> list[str]:
-  if not os.path.isfile(list_file):
+  if not storage.isfile(list_file):
     raise ListFileError(f"list file not found: {list_file}")
-  with open(list_file, encoding="utf-8") as f:
-    return f.read().splitlines()
+  return storage.read_text(list_file).splitlines()
 
 
 def _list_lines(list_file: str) -> Iterator[tuple[int, str]]:
@@ -94,11 +94,11 @@ def _label_free_paths(line: str) -> list[str]:
 
 
 def _resolve(path: str, bases: Sequence[str]) -> str:
-  if os.path.isabs(path):
+  if storage.isabs(path):
     return path
   for base in bases:
     cand = os.path.join(base, path)
-    if os.path.exists(cand):
+    if storage.exists(cand):
       return cand
   return os.path.join(bases[0], path) if bases else path
 
@@ -109,8 +109,8 @@ def _resolve_line(line: str, bases: Sequence[str]) -> str:
   reported per video later)."""
   readings = list(dict.fromkeys([line, *_label_free_paths(line)]))
   for r in readings:
-    if os.path.exists(r) or (not os.path.isabs(r)
-                             and any(os.path.exists(os.path.join(b, r)) for b in bases)):
+    if storage.exists(r) or (not storage.isabs(r)
+                             and any(storage.exists(os.path.join(b, r)) for b in bases)):
       return _resolve(r, bases)
   return _resolve(readings[1] if len(readings) > 1 else line, bases)
 
@@ -126,7 +126,7 @@ def list_file_videos(list_file: str, root: str = "") -> list[str]:
   official = splits.videos_of_split_file(list_file)
   if official is not None:
     return official
-  bases = [b for b in (root, os.path.dirname(os.path.abspath(list_file)), os.getcwd()) if b]
+  bases = [b for b in (root, storage.dirname(storage.absolute(list_file)), os.getcwd()) if b]
   videos = [_resolve_line(line, bases) for _, line in _list_lines(list_file)
             if not line.startswith("#")]
   if not videos:
@@ -141,9 +141,9 @@ def _natural_key(name: str) -> list[Any]:
 
 def frame_files(folder: str) -> list[str]:
   """The image files directly in ``folder``, in natural order (the frames of a frame folder)."""
-  names = [f for f in os.listdir(folder)
+  names = [f for f in storage.listdir(folder)
            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-           and os.path.isfile(os.path.join(folder, f))]
+           and storage.isfile(os.path.join(folder, f))]
   return [os.path.join(folder, f) for f in sorted(names, key=_natural_key)]
 
 
@@ -152,7 +152,7 @@ def _scan_folder(path: str) -> list[str]:
   image files and no video files is one frame-folder video; its subdirectories are still
   searched (a nested layout stays usable)."""
   found = []
-  for d, _, files in os.walk(path):
+  for d, _, files in storage.walk(path):
     exts = {os.path.splitext(f)[1].lower() for f in files}
     videos = [os.path.join(d, f) for f in files
               if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
@@ -172,14 +172,14 @@ def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
   if isinstance(inputs, (list, tuple)):
     return [p for item in inputs for p in find_videos(item, root)]
   path = os.fspath(inputs)
-  if os.path.isdir(path):
+  if storage.isdir(path):
     found = _scan_folder(path)
     if not found:
       raise InputNotFound(
         f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders (images: "
         f"{', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
     return found
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise InputNotFound(f"input {path} does not exist (give a video file, a frame folder, a "
                             "folder of videos or a list file)")
   if os.path.splitext(path)[1].lower() not in LIST_EXTENSIONS:
@@ -189,7 +189,7 @@ def find_videos(inputs: str | os.PathLike | Sequence[str | os.PathLike],
 
 def video_record(path: str, *, bgr: bool = False) -> Record:
   """The record of a video file or a frame folder found by :func:`find_videos` (label 0)."""
-  kind = "image_folder" if os.path.isdir(path) else "video"
+  kind = "image_folder" if storage.isdir(path) else "video"
   return {"kind": kind, "path": path, "label": 0, "bgr": bgr}
 
 
@@ -309,6 +309,8 @@ class TfdsSource:
         raise ImportError(
           "TfdsSource needs tensorflow_datasets: pip install tensorflow-datasets"
         ) from e
+      if data_dir:
+        check_local_array_record(data_dir, "TFDS data_dir")
       data_source = tfds.data_source(name, split=split, data_dir=data_dir)
     self.data_source = data_source
     self.name = name or type(data_source).__name__
@@ -333,6 +335,15 @@ class TfdsSource:
 
 
 # ----------------------------------------------------------------------------- ArrayRecord
+def check_local_array_record(path: str | os.PathLike, what: str) -> None:
+  """ArrayRecord files must be local: the ``array_record`` reader opens paths with the local
+  file API (given a ``gs://`` name it does not fail, it hangs), so a URL is refused here."""
+  if storage.is_url(path):
+    raise InputError(
+      f"{what} {os.fspath(path)}: ArrayRecord files are read from local paths only (the "
+      "array_record reader cannot open URLs); mount the bucket (e.g. gcsfuse --implicit-dirs "
+      "BUCKET /mnt/BUCKET) and give the mounted path")
+
 def encode_record(rec: Record) -> bytes:
   """Serialise a project ArrayRecord entry (msgpack; no pickle so shards are safe to read)."""
   return msgpack.packb(rec, use_bin_type=True)
@@ -354,6 +365,8 @@ class ArrayRecordSource:
   def __init__(self, paths: str | Sequence[str]):
     import grain
 
+    check_local_array_record(paths if isinstance(paths, str) else next(iter(paths), ""),
+                             "ArrayRecord shards")
     if isinstance(paths, str):
       paths = (
         sorted(os.path.join(paths, p) for p in os.listdir(paths) if p.endswith(".array_record"))

@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Sequence
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.data.sources import ListFileError, Record
 from uniformerv2_jax.errors import InputError
 
@@ -41,10 +42,9 @@ _HMDB51_FLAGS = {"train": 1, "test": 2}
 
 def _lines(path: str) -> list[tuple[int, str]]:
   """(1-based line number, stripped text) of every non-blank line; CRLF or LF."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise ListFileError(f"split file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = storage.read_text(path)
   return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -117,10 +117,10 @@ def _name_at(names: Sequence[str], i: int) -> str:
 def _hmdb51_files(root: str) -> dict[str, dict[int, str]]:
   """class -> split -> split file path."""
   folder = os.path.join(root, HMDB51_LISTS)
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise ListFileError(f"HMDB-51 split folder not found: {folder}")
   files: dict[str, dict[int, str]] = {}
-  for name in sorted(os.listdir(folder)):
+  for name in sorted(storage.listdir(folder)):
     m = _HMDB51_FILE.fullmatch(name)
     if m:
       files.setdefault(m["cls"], {})[int(m["split"])] = os.path.join(folder, name)
@@ -182,7 +182,10 @@ class SplitSource:
                           f"classes, the model has {num_classes} (set model.num_classes)")
     if not self.records:
       raise ListFileError(f"{self.list_file}: no {which} videos in split {split}")
-    absent = [r for r in self.records if not os.path.isfile(r["path"])]
+    # Checked up front on local disks; on an object store each check is a request, so absent
+    # videos there are found (and counted as skipped samples) when read.
+    absent = ([] if storage.is_url(root) else
+              [r for r in self.records if not os.path.isfile(r["path"])])
     if absent:
       logging.warning("%s split %d %s: %d of %d listed videos are absent (first: %s, %s); they "
                       "will be counted as skipped samples", kind, split, which, len(absent),
@@ -204,10 +207,11 @@ def videos_of_split_file(path: str) -> list[str] | None:
   ``trainlist0N.txt`` / ``testlist0N.txt`` (beside ``classInd.txt``) gives its videos, an HMDB-51
   ``<class>_test_splitN.txt`` its test videos (flag 2). Lets predict and extract take a split
   file as their input, resolved the way training reads it."""
-  folder, name = os.path.split(os.path.abspath(path))
-  root = os.path.dirname(folder)
+  path = storage.absolute(path)
+  folder, name = storage.dirname(path), path.rstrip("/").rsplit("/", 1)[-1]
+  root = storage.dirname(folder)
   m = _UCF101_LIST.fullmatch(name)
-  if m and os.path.isfile(os.path.join(folder, "classInd.txt")):
+  if m and storage.isfile(os.path.join(folder, "classInd.txt")):
     _, records = _ucf101_records(root, int(m["split"]), m["subset"])
     return [r["path"] for r in records]
   m = _HMDB51_FILE.fullmatch(name)

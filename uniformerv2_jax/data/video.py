@@ -26,6 +26,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.data.transforms import optional_cv2
 
 # Kinds of bad samples, in the order of the skip-count vector the pipeline puts in every batch.
@@ -70,15 +71,20 @@ class Clip:
 def _check_file(path: str) -> None:
   """Classify the common filesystem failures before handing the file to FFmpeg."""
   try:
-    size = os.stat(path).st_size
+    size = storage.size(path)
   except FileNotFoundError as e:
     raise DecodeError("missing", path) from e
   except PermissionError as e:
     raise DecodeError("permission", path) from e
   if size == 0:
     raise DecodeError("empty", path)
-  if not os.access(path, os.R_OK):
+  if not storage.is_url(path) and not os.access(path, os.R_OK):
     raise DecodeError("permission", path)
+
+
+def _read_bytes(path: str) -> bytes:
+  with storage.open_file(path, "rb") as f:
+    return f.read()
 
 
 def _open(src: str | bytes, label: str, probe_decode: bool = True):
@@ -91,7 +97,9 @@ def _open(src: str | bytes, label: str, probe_decode: bool = True):
     handle: str | io.BytesIO = io.BytesIO(bytes(src))
   else:
     _check_file(src)
-    handle = src
+    # A remote video is fetched whole, in one request: FFmpeg's seeks over an object store
+    # would each be a ranged read.
+    handle = io.BytesIO(_read_bytes(src)) if storage.is_url(src) else src
   # skip_frame here reaches only the probing decoder, not the one that decodes the frames.
   options = None if probe_decode else {"skip_frame": "all"}
   try:
@@ -530,9 +538,7 @@ def read_image_files(
       continue
     _check_file(path)
     try:
-      with open(path, "rb") as f:
-        data = f.read()
-      cache[path] = decode_image(data, bgr, max_pixels, path)
+      cache[path] = decode_image(_read_bytes(path), bgr, max_pixels, path)
     except DecodeError:
       raise
     except PermissionError as e:
