@@ -161,10 +161,12 @@ def test_eval_and_predict_read_the_checkpoint_from_gcs(gcs):
 
 
 def test_array_record_on_gcs_is_refused_with_one_line(gcs):
-  from uniformerv2_jax.data.sources import ArrayRecordSource
+  from uniformerv2_jax.data.sources import ArrayRecordSource, TfdsSource
   from uniformerv2_jax.errors import InputError
 
   # array_record given a gs:// name hangs rather than failing: it must never be called with one.
   with pytest.raises(InputError, match="mount the bucket"):
     ArrayRecordSource(f"{BUCKET}/shards/train")
+  with pytest.raises(InputError, match="TFDS data_dir gs://bucket/tfds: .* mount the bucket"):
+    TfdsSource("ucf101", data_dir=f"{BUCKET}/tfds")
   assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")

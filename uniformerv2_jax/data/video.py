@@ -87,6 +87,21 @@ def _read_bytes(path: str) -> bytes:
     return f.read()
 
 
+def _fetch(url: str) -> bytes:
+  """A remote file's bytes, failures classified as :func:`_check_file` does locally."""
+  try:
+    data = _read_bytes(url)
+  except FileNotFoundError as e:
+    raise DecodeError("missing", url) from e
+  except PermissionError as e:
+    raise DecodeError("permission", url) from e
+  except OSError as e:
+    raise DecodeError("unreadable", url, str(e)) from e
+  if not data:
+    raise DecodeError("empty", url)
+  return data
+
+
 def _open(src: str | bytes, label: str, probe_decode: bool = True):
   """Open a container. ``probe_decode=False`` stops FFmpeg's stream probing from decoding
   frames (about 7 ms for a 320p H.264 video: it decodes until it has guessed the reorder delay);
@@ -97,9 +112,7 @@ def _open(src: str | bytes, label: str, probe_decode: bool = True):
     handle: str | io.BytesIO = io.BytesIO(bytes(src))
   else:
     _check_file(src)
-    # A remote video is fetched whole, in one request: FFmpeg's seeks over an object store
-    # would each be a ranged read.
-    handle = io.BytesIO(_read_bytes(src)) if storage.is_url(src) else src
+    handle = io.BytesIO(_fetch(src)) if storage.is_url(src) else src
   # skip_frame here reaches only the probing decoder, not the one that decodes the frames.
   options = None if probe_decode else {"skip_frame": "all"}
   try:
@@ -155,6 +168,10 @@ def read_video(
   numbers), also when the selective reader falls back to the in-order one.
   """
   label = label or (src if isinstance(src, str) else "<bytes>")
+  if isinstance(src, str) and storage.is_url(src):
+    # Fetched whole, once: the selective reader may open the file twice, and FFmpeg's seeks
+    # over an object store would each be a ranged request.
+    src = _fetch(src)
   drawn: dict[int, np.ndarray] = {}
 
   def indices_once(length: int) -> np.ndarray:
@@ -536,9 +553,13 @@ def read_image_files(
   for path in paths:
     if path in cache:
       continue
-    _check_file(path)
     try:
-      cache[path] = decode_image(_read_bytes(path), bgr, max_pixels, path)
+      if storage.is_url(path):
+        data = _fetch(path)
+      else:
+        _check_file(path)
+        data = _read_bytes(path)
+      cache[path] = decode_image(data, bgr, max_pixels, path)
     except DecodeError:
       raise
     except PermissionError as e:
