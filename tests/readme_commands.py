@@ -93,7 +93,7 @@ COMMANDS: dict[str, Run | InCI] = {
   "python main.py --config configs/demo.py --workdir demo_run": Run(
     "demo", append=("--config.dataset.root={demo}", TRAIN_STEPS),
     files=("demo_run/metrics.jsonl", "demo_run/eval_results.json",
-           "demo_run/training_curves.png", "demo_run/checkpoints"),
+           "demo_run/training_curves.png", "demo_run/checkpoints", "demo_run/hub/README.md"),
     output=('"final_eval"',)),
   "pip install -r requirements-dev.txt": InCI(
     "pip install -q -r requirements-dev.txt", "CI installs the test requirements"),
@@ -101,12 +101,23 @@ COMMANDS: dict[str, Run | InCI] = {
     "pip install -q --no-deps -r requirements-onnx.txt", "CI installs the ONNX converter"),
   "python -m pytest -q -n 2 tests": InCI(
     "python -m pytest -q -n 2 tests", "this very test suite: not run recursively"),
+  "python -m pytest -q tests/test_gcs.py": InCI(
+    "python -m pytest -q -n 2 tests", "part of this very test suite: not run recursively"),
+  "apt-get install -y chromium chromium-driver": InCI(
+    "  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }",
+    "CI installs the browser test's Chromium and chromedriver"),
   "python main.py --mode eval --config configs/demo.py --checkpoint demo_run": Run(
     "demo", append=("--config.dataset.root={demo}",), output=('"top1"',)),
   "python main.py --mode predict --checkpoint demo_run --input "
   "~/.cache/uniformerv2_jax/demo/val": Run(
     "demo", replace=(("~/.cache/uniformerv2_jax/demo", "{demo}"),),
     output=("10 of 10 videos processed", "move_")),
+  # A server that runs until stopped: tests/test_app_browser.py starts it (on a tiny checkpoint)
+  # and drives it in headless Chromium.
+  "python -m uniformerv2_jax.app --checkpoint demo_run": InCI(
+    "python -m pytest -q -n 2 tests", "tests/test_app_browser.py runs the app"),
+  "python -m uniformerv2_jax.app --checkpoint demo_run --port 7860 --host 127.0.0.1": InCI(
+    "python -m pytest -q -n 2 tests", "tests/test_app_browser.py runs the app"),
   # -- Installed as a package (the command's code, run from the checkout as python -m)
   "uniformerv2-jax recipes": Run(
     "installed", replace=(("uniformerv2-jax", "python -m uniformerv2_jax"),),
