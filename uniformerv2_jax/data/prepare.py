@@ -61,7 +61,7 @@ from PIL import Image
 
 from uniformerv2_jax.arg_types import positive_int
 from uniformerv2_jax.data import splits
-from uniformerv2_jax.data.sources import ListFileError, Record, VideoListSource, encode_record
+from uniformerv2_jax.data.sources import Record, VideoListSource, encode_record
 from uniformerv2_jax.data.video import DecodeError, read_video
 from uniformerv2_jax.errors import InputError, check_can_write, run_main
 
@@ -389,26 +389,10 @@ def prepare(
 ) -> list[str]:
   """Write ``OUT/data-XXXXX-of-YYYYY.array_record`` shards and ``OUT/index.json`` for the videos
   of an official list file; returns the shard paths."""
-  local = _local_list(list_file)
-  try:
-    source = VideoListSource(local, prefix, num_classes=num_classes, sep=sep)
-  except ListFileError as e:  # name the list as given, not its local copy
-    raise ListFileError(str(e).replace(local, list_file)) from None
+  source = VideoListSource(list_file, prefix, num_classes=num_classes, sep=sep)
   return prepare_source(source, prefix, out, short_side=short_side, fmt=fmt,
                         records_per_shard=records_per_shard, runner=runner, beam_args=beam_args,
                         overwrite=overwrite)
-
-
-def _local_list(list_file: str) -> str:
-  """A local copy of a non-local list file (VideoListSource reads local files)."""
-  if _is_local(list_file):
-    return list_file
-  src = epath.Path(list_file)
-  if not src.exists():
-    raise InputError(f"list file not found: {list_file}")
-  local = os.path.join(tempfile.mkdtemp(prefix="prepare-list-"), src.name)
-  epath.Path(local).write_bytes(src.read_bytes())
-  return local
 
 
 def prepare_source(
