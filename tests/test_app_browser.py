@@ -86,9 +86,12 @@ def open_browser():
 
 
 def _wait(driver, condition, what: str):
+  from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
   from selenium.webdriver.support.ui import WebDriverWait
 
-  return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition, message=what)
+  # The page re-renders while it works: an element found may be gone when read; try again.
+  return WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(
+    NoSuchElementException, StaleElementReferenceException)).until(condition, message=what)
 
 
 def classify_in_page(driver, url: str, video: str) -> None:
@@ -113,16 +116,16 @@ def shown_top(driver) -> tuple[str, list[tuple[str, str]]]:
     By.CSS_SELECTOR, "#top [data-testid=label-output-value]").text.strip() or False,
     "the top class in the page")
   _wait(driver, lambda d: "s to decode" in d.find_element(By.ID, "timing").text, "the timing")
-  rows = [(r.find_element(By.CSS_SELECTOR, "dt").text.strip(),
-           r.find_element(By.CSS_SELECTOR, "dd").text.strip())
-          for r in driver.find_elements(By.CSS_SELECTOR, "#top .confidence-set")]
-  return heading, rows
+  rows = driver.execute_script(
+    "return Array.from(document.querySelectorAll('#top .confidence-set'), r => "
+    "[r.querySelector('dt').textContent.trim(), r.querySelector('dd').textContent.trim()])")
+  return heading, [tuple(r) for r in rows]
 
 
 def shown_errors(driver) -> list[str]:
-  from selenium.webdriver.common.by import By
-
-  return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")]
+  """The error toasts' texts, read in one step (toasts come and go)."""
+  return driver.execute_script("return Array.from(document.querySelectorAll("
+                               "'[data-testid=toast-text]'), e => e.textContent)")
 
 
 # ----------------------------------------------------------------------------- the test
@@ -249,7 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     heading, rows = shown_top(driver)
     print(f"server start to the first answer: {time.perf_counter() - start:.1f} s; "
           f"{heading}: {rows}")
-    time.sleep(1)  # the frame strip's image loads after the answer
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, lambda d: d.execute_script(  # the frame strip is shown after the answer
+      "const i = arguments[0].querySelector('img'); return i && i.complete && i.naturalWidth",
+      d.find_element(By.ID, "frames")), "the frame strip")
     driver.save_screenshot(args.out)
   finally:
     driver.quit()

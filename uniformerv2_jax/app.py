@@ -15,7 +15,9 @@ It is also an API endpoint, ``/predict`` (a video file in, a ``gr.Label`` out)::
 
 Examples: the first videos of the checkpoint's validation list when its training dataset is on
 this machine, else a few demo-dataset clips written once into
-``$XDG_CACHE_HOME/uniformerv2_jax/app_examples``. The server listens on 127.0.0.1 unless
+``$XDG_CACHE_HOME/uniformerv2_jax/app_examples``. The compiled model is kept in JAX's
+persistent cache (``.../uniformerv2_jax/jax_cache``, unless ``JAX_COMPILATION_CACHE_DIR`` names
+one), so that later starts skip the compilation. The server listens on 127.0.0.1 unless
 ``--host`` says otherwise, and sends no usage statistics (nothing leaves the machine).
 """
 
@@ -39,6 +41,7 @@ from uniformerv2_jax.errors import InputError, InputNotFound, run_main
 TOPK = 5
 NUM_EXAMPLES = 3
 STRIP_HEIGHT = 96  # pixels per frame in the strip: the demo's 32-64 px crops are tiny on screen
+STRIP_COLUMNS = 8  # frames per row of the strip
 
 # Set before gradio is imported: it reads them at import time. No usage statistics, no
 # Hugging Face telemetry or downloads, no server-side rendering process (node).
@@ -73,7 +76,8 @@ class Classifier:
     return {e["label"]: e["prob"] for e in predict.topk_entries(probs, self.prepared.names, k)}
 
   def frame_strip(self, video: str) -> np.ndarray:
-    """The sampled frames of every temporal test clip as one uint8 RGB image, a row per clip."""
+    """The sampled frames of every temporal test clip as one uint8 RGB image (frames in rows
+    of up to STRIP_COLUMNS, each clip from a new row)."""
     from PIL import Image
 
     from uniformerv2_jax.data.pipeline import read_test_clips
@@ -85,15 +89,22 @@ class Classifier:
       clips = clips[..., ::-1]
     h, w = clips.shape[2:4]
     size = (max(1, round(w * STRIP_HEIGHT / h)), STRIP_HEIGHT)
-    rows = [np.concatenate([np.asarray(Image.fromarray(f).resize(size, Image.NEAREST))
-                            for f in clip], axis=1) for clip in clips]
-    return np.concatenate(rows, axis=0)
+    frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.NEAREST))
+                       for f in clips.reshape(-1, h, w, 3)])
+    # Rows of at most STRIP_COLUMNS frames, each clip starting a new row (the tail left black).
+    per_clip = clips.shape[1]
+    cols = min(per_clip, STRIP_COLUMNS)
+    rows_per_clip = -(-per_clip // cols)
+    grid = np.zeros((len(clips), rows_per_clip * cols, *frames.shape[1:]), np.uint8)
+    grid[:, :per_clip] = frames.reshape(len(clips), per_clip, *frames.shape[1:])
+    grid = grid.reshape(len(clips) * rows_per_clip, cols, *frames.shape[1:])
+    return np.concatenate([np.concatenate(list(row), axis=1) for row in grid], axis=0)
 
 
 # ----------------------------------------------------------------------------- examples
-def _cache_dir() -> str:
+def _cache_dir(name: str) -> str:
   cache = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-  return os.path.join(cache, "uniformerv2_jax", "app_examples")
+  return os.path.join(cache, "uniformerv2_jax", name)
 
 
 def _dataset_examples(prepared: predict.Prepared) -> list[str]:
@@ -129,7 +140,7 @@ def _demo_examples(directory: str) -> list[str]:
 
 def examples(prepared: predict.Prepared, cache_dir: str | None = None) -> list[str]:
   """Example videos for the page (see the module docstring)."""
-  return _dataset_examples(prepared) or _demo_examples(cache_dir or _cache_dir())
+  return _dataset_examples(prepared) or _demo_examples(cache_dir or _cache_dir("app_examples"))
 
 
 # ----------------------------------------------------------------------------- the page
@@ -167,7 +178,7 @@ def build_page(classifier: Classifier, example_videos: Sequence[str]) -> Any:
       with gr.Column():
         top = gr.Label(num_top_classes=TOPK, label=f"Top-{TOPK} classes", elem_id="top")
         timing = gr.Markdown(elem_id="timing")
-        strip = gr.Image(label="Sampled frames (a row per clip)", type="numpy",
+        strip = gr.Image(label="Sampled frames (each clip from a new row)", type="numpy",
                          interactive=False, elem_id="frames")
     seconds = gr.State(0.0)  # a State is no part of the API: /predict returns the label only
     button.click(classify, inputs=[video], outputs=[top, seconds], api_name="predict").success(
@@ -212,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(key, value)
   start = time.perf_counter()
   check_checkpoint(args.checkpoint)
+  import jax
+
+  if not jax.config.jax_compilation_cache_dir:  # later starts skip the model's compilation
+    jax.config.update("jax_compilation_cache_dir", _cache_dir("jax_cache"))
   # gradio takes seconds to import: in a thread, while the model loads and compiles.
   web = threading.Thread(target=importlib.import_module, args=("gradio",), daemon=True)
   web.start()
