@@ -203,8 +203,8 @@ def export(checkpoint: str, output: str, *, config: Any = None, use_ema: bool = 
 
 def _write_onnx(forward, weights: list, frames_size: tuple[int, int], metadata: dict[str, Any],
                 output: str) -> None:
-  """Convert with the weights as graph inputs (jax2onnx then traces shapes only: with the
-  weights as constants its memory grew past 23 GB for B/16), then make them initializers."""
+  """Convert with the weights as graph inputs (jax2onnx then traces shapes only, and no weight
+  passes through its IR), then make them initializers, check the model and write it."""
   import onnx
   from jax2onnx import to_onnx
   from onnx import numpy_helper
@@ -232,8 +232,13 @@ def _write_onnx(forward, weights: list, frames_size: tuple[int, int], metadata: 
                            for name, w in zip(names, weights, strict=True))
   entry = proto.metadata_props.add()
   entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
-  onnx.checker.check_model(proto)
-  predict._write_atomically(output, lambda f: f.write(proto.SerializeToString()))
+  # One serialisation, checked and written as it is: check_model(proto) would serialise a
+  # second copy of the weights (B/16: 440 MB each), and the proto is dropped before the check
+  # parses its own.
+  blob = proto.SerializeToString()
+  del proto, graph
+  onnx.checker.check_model(blob)
+  predict._write_atomically(output, lambda f: f.write(blob))
 
 
 def views_from_metadata(metadata: Mapping[str, Any]):
