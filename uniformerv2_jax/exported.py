@@ -225,6 +225,8 @@ def _write_onnx(forward, weights: list, frames_size: tuple[int, int], metadata: 
                     model_name="uniformerv2", input_names=[*names, "video"],
                     output_names=["logits", "features"], return_mode="proto")
   graph = proto.graph
+  if _dense_einsums_as_matmuls(graph, {}):
+    _drop_unused_nodes(graph)
   kept = [i for i in graph.input if i.name not in set(names)]
   del graph.input[:]
   graph.input.extend(kept)
@@ -239,6 +241,74 @@ def _write_onnx(forward, weights: list, frames_size: tuple[int, int], metadata: 
   del proto, graph
   onnx.checker.check_model(blob)
   predict._write_atomically(output, lambda f: f.write(blob))
+
+
+# jax2onnx's form of ``jnp.einsum("...i,io->...o", x, kernel)`` (Dense): the kernel padded with
+# leading axes (Unsqueeze), inside a Loop body also broadcast to x's leading shape (Expand), then
+# an Einsum.
+_DENSE_EINSUM = "...i,...io->...o"
+
+
+def _dense_einsums_as_matmuls(graph, outer_constants: Mapping[str, np.ndarray]) -> int:
+  """Rewrite every Dense einsum of ``graph`` and its subgraphs as ``MatMul(x, kernel)`` (the same
+  product: MatMul broadcasts the 2-D kernel itself). Returns how many were rewritten.
+
+  Why: in the scanned layers' Loop body the Expand materialises the MLP kernel once per token
+  (B/16 8x224: [8, 197, 768, 3072], 14.9 GB), which made onnxruntime run out of memory.
+  """
+  from onnx import AttributeProto, TensorProto, numpy_helper
+
+  constants = dict(outer_constants)  # the small int64 initializers: Unsqueeze axes
+  constants.update({i.name: numpy_helper.to_array(i) for i in graph.initializer
+                    if i.data_type == TensorProto.INT64 and len(i.dims) <= 1})
+  producer = {out: node for node in graph.node for out in node.output}
+  rewritten = 0
+  for node in graph.node:
+    for attr in node.attribute:
+      subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+      rewritten += sum(_dense_einsums_as_matmuls(g, constants) for g in subgraphs)
+    equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "")
+    if node.op_type != "Einsum" or equation.replace(" ", "") != _DENSE_EINSUM:
+      continue
+    pad = producer.get(node.input[1])
+    if pad is not None and pad.op_type == "Expand":
+      pad = producer.get(pad.input[0])
+    if pad is None or pad.op_type != "Unsqueeze" or len(pad.input) != 2:
+      continue
+    axes = constants.get(pad.input[1])
+    if axes is None or axes.ravel().tolist() != list(range(axes.size)):
+      continue  # not a padding with leading axes: leave it as it is
+    node.op_type = "MatMul"
+    del node.attribute[:]
+    node.input[1] = pad.input[0]
+    rewritten += 1
+  return rewritten
+
+
+def _all_graphs(graph):
+  yield graph
+  for node in graph.node:
+    for attr in node.attribute:
+      for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+        yield from _all_graphs(g)
+
+
+def _drop_unused_nodes(graph) -> None:
+  """Remove the nodes whose outputs nothing reads, in ``graph`` and its subgraphs, until none
+  is left (ONNX operators have no side effects)."""
+  while True:
+    graphs = list(_all_graphs(graph))
+    used = {name for g in graphs for node in g.node for name in node.input}
+    used |= {out.name for g in graphs for out in g.output}
+    removed = 0
+    for g in reversed(graphs):  # subgraphs first: rewriting a graph copies its nodes' subgraphs
+      kept = [node for node in g.node if any(out in used for out in node.output)]
+      removed += len(g.node) - len(kept)
+      if len(kept) < len(g.node):
+        del g.node[:]
+        g.node.extend(kept)
+    if not removed:
+      return
 
 
 def views_from_metadata(metadata: Mapping[str, Any]):
