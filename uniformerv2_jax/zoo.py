@@ -64,6 +64,18 @@ class ZooEntry:
     else:
       return_list = tuple(range(layers - 4, layers))
     drop = self.dataset in DROP_PATH_DATASETS
+    # BatchNorm statistics of the official recipes (``bn_sync``). The official code trains
+    # with PyTorch DistributedDataParallel and plain BatchNorm3d: each GPU normalises its own
+    # sub-batch, so the zoo says False (statistics per batch shard of the mesh). Only the
+    # SSv1/SSv2 rows have local MHRA, hence BatchNorm; for the others the value changes nothing.
+    # The official per-GPU batch is run.sh's BATCH_SIZE (per machine) over its 8 GPUs; the
+    # statistics cover as many clips as there when batch_size x aug.num_sample clips split over
+    # this many batch shards (mesh data x fsdp):
+    #   sthv1/sthv2 b16_16x224              1 machine  x 8 GPUs x 16 videos (32 clips)  8 shards
+    #   sthv1/sthv2 b16_32x224, l14_16x224  2 machines x 8 GPUs x  8 videos (16 clips) 16 shards
+    #   sthv1/sthv2 l14_32x224              4 machines x 8 GPUs x  4 videos  (8 clips) 32 shards
+    # A video's num_sample clips sit next to each other in the batch: with a multiple of
+    # num_sample clips per shard they share a device, as they share a GPU there.
     kw = dict(
       num_classes=self.num_classes, num_frames=self.frames,
       input_resolution=arch["input_resolution"], patch_size=arch["patch_size"], width=width,
@@ -72,7 +84,7 @@ class ZooEntry:
       dw_reduction=1.5, return_list=return_list, n_layers=len(return_list), n_dim=width,
       n_head=arch["heads"], mlp_factor=4.0, backbone_drop_path_rate=0.2 if drop else 0.0,
       drop_path_rate=0.4 if drop else 0.0, mlp_dropout=(0.5,) * len(return_list),
-      cls_dropout=0.5, frozen=self.frozen,
+      cls_dropout=0.5, frozen=self.frozen, bn_sync=False,
     )
     kw.update(overrides)
     return ModelConfig(**kw)

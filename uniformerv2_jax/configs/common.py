@@ -23,19 +23,6 @@ DATASETS = {name: dict(kind=kind, labels=labels.DATASET_LABELS[name])
             for name, kind in _KINDS.items()}
 
 
-# BatchNorm statistics of the official recipes (``model.bn_sync``). The official code trains
-# with PyTorch DistributedDataParallel and plain BatchNorm3d: each GPU normalises its own
-# sub-batch, so the recipes here say False (statistics per batch shard of the mesh). Only the
-# SSv1/SSv2 rows have local MHRA, hence BatchNorm; for the others the value changes nothing.
-# The official per-GPU batch is run.sh's BATCH_SIZE (per machine) over its 8 GPUs; the
-# statistics cover as many clips as there when batch_size x aug.num_sample clips split over
-# this many batch shards (mesh data x fsdp):
-#   sthv1/sthv2 b16_16x224              1 machine  x 8 GPUs x 16 videos (32 clips)  8 shards
-#   sthv1/sthv2 b16_32x224, l14_16x224  2 machines x 8 GPUs x  8 videos (16 clips) 16 shards
-#   sthv1/sthv2 l14_32x224              4 machines x 8 GPUs x  4 videos  (8 clips) 32 shards
-# A video's num_sample clips sit next to each other in the batch: with a multiple of
-# num_sample clips per shard they share a device, as they share a GPU there.
-OFFICIAL_BN_SYNC = False
 
 
 def model_config_dict(cfg: ModelConfig) -> ml_collections.ConfigDict:
@@ -105,7 +92,7 @@ def from_zoo(dataset: str, arg: str) -> ml_collections.ConfigDict:
   """The effective official recipe of model-zoo row ``dataset:arg``."""
   e = zoo.get(dataset, arg)
   c = base_config()
-  c.model = model_config_dict(e.model_config(bn_sync=OFFICIAL_BN_SYNC))
+  c.model = model_config_dict(e.model_config())
   c.zoo = ml_collections.ConfigDict(dict(name=e.name, checkpoint=e.checkpoint, init=e.init,
                                          top1=e.top1 if e.top1 is not None else -1.0,
                                          views=e.views))

@@ -38,8 +38,7 @@ def transfer_config(dataset: str, arg: str) -> ml_collections.ConfigDict:
   source = zoo.get("k400", arg)  # the checkpoint fine-tuned from: same architecture
   c = common.base_config()
   c.model = common.model_config_dict(source.model_config(
-    num_classes=num_classes, backbone_drop_path_rate=0.2, drop_path_rate=0.4,
-    bn_sync=common.OFFICIAL_BN_SYNC))  # as the official recipes (no local MHRA: no effect)
+    num_classes=num_classes, backbone_drop_path_rate=0.2, drop_path_rate=0.4))
   c.init_head = "new"  # the Kinetics head has 400 classes
   c.batch_size = 64
   c.epochs = float(epochs)
