@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from uniformerv2_jax import predict
+from uniformerv2_jax import predict, storage
 from uniformerv2_jax.arg_types import positive_int
 from uniformerv2_jax.errors import InputError, InputNotFound, run_main
 
@@ -200,7 +200,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def check_checkpoint(checkpoint: str) -> None:
   """A local ``--checkpoint`` must exist before anything is loaded."""
-  if "://" not in checkpoint and not os.path.exists(checkpoint):
+  if not storage.is_url(checkpoint) and not os.path.exists(checkpoint):
     raise InputNotFound(f"--checkpoint {checkpoint}: no such file or directory (give a training "
                         "workdir, an Orbax checkpoint, a hub folder or an exported .jax model)")
 

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.errors import InputError, InputNotFound
 from uniformerv2_jax.model import TOWER_FIELDS, ModelConfig, UniFormerV2, create_model
 from uniformerv2_jax.variants import official_from_config
@@ -109,7 +110,7 @@ def absolute(directory: str | Path) -> epath.Path:
   """Orbax needs absolute paths: a relative local path is taken from the working directory
   (``gs://...`` and other URLs are left as they are)."""
   text = str(directory)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(text if storage.is_url(text) else os.path.abspath(text))
 
 
 def resolve_directory(directory: str | Path) -> epath.Path:

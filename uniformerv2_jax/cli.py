@@ -46,7 +46,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from uniformerv2_jax import host_memory
+from uniformerv2_jax import host_memory, storage
 from uniformerv2_jax.config_files import recipe_names, resolve_recipe
 from uniformerv2_jax.errors import InputError, check_can_write, run_main
 
@@ -289,7 +289,7 @@ def evaluate_splits(config, directory: str, splits: list[str]) -> None:
   if "{split}" not in directory:
     logging.warning("--checkpoint has no {split}: the same model is evaluated on every split")
   dirs = {n: directory.replace("{split}", str(n)) for n in numbers}
-  missing = [d for d in dirs.values() if "://" not in d and not os.path.isdir(d)]
+  missing = [d for d in dirs.values() if not storage.is_url(d) and not os.path.isdir(d)]
   if missing:
     raise InputError(f"checkpoint directory not found: {', '.join(missing)}")
   from uniformerv2_jax import train
@@ -309,7 +309,7 @@ def check_workdir(workdir: str | None) -> None:
   written as they are)."""
   if not workdir:
     raise InputError("--mode train needs --workdir DIR (checkpoints and logs go there)")
-  if "://" in workdir:
+  if storage.is_url(workdir):
     return
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.errors import InputError
 
 DATASET_KINDS = ("video_list", "frame_folders", "ucf101", "hmdb51", "tfds", "arrayrecord",
@@ -127,7 +128,7 @@ def _data(p: _Problems, mode: str) -> None:
     if not root:
       p.add(f"dataset.root = '': dataset.kind {c.dataset.kind} reads files under a root folder; "
             "set --config.dataset.root=DIR")
-    elif "://" not in root and not os.path.isdir(root):
+    elif not storage.is_url(root) and not os.path.isdir(root):
       p.add(f"dataset.root = {root!r}: no such directory")
 
 
@@ -192,7 +193,7 @@ def _model(p: _Problems) -> None:
           "True (BatchNorm statistics over the global batch) or False (per device)")
   p.check("init_head", lambda v: v in INIT_HEADS, f"one of {', '.join(INIT_HEADS)}")
   init = getattr(c, "init_from", "")
-  if init and "://" not in init and not os.path.exists(init):
+  if init and not storage.is_url(init) and not os.path.exists(init):
     p.add(f"init_from = {init!r}: no such checkpoint directory")
 
 

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.errors import InputError
 
 WEIGHTS, CONFIG, LABELS, CARD = "model.safetensors", "config.json", "labels.txt", "README.md"
@@ -33,7 +34,7 @@ MARKER = "uniformerv2_jax"  # the config.json key that marks a folder as ours
 
 def is_hub_folder(directory: str | Path) -> bool:
   d = Path(str(directory))
-  if "://" in str(directory) or not (d / WEIGHTS).is_file() or not (d / CONFIG).is_file():
+  if storage.is_url(directory) or not (d / WEIGHTS).is_file() or not (d / CONFIG).is_file():
     return False
   try:
     return MARKER in json.loads((d / CONFIG).read_text())
@@ -101,7 +102,7 @@ def write_hub(checkpoint: str, out: str | Path, *, overwrite: bool = False) -> d
 def _eval_results(checkpoint: str) -> dict[str, Any] | None:
   """A training workdir's last ``eval_results.json`` (top-1 etc.), if ``checkpoint`` is one."""
   path = Path(str(checkpoint)) / "eval_results.json"
-  if "://" in str(checkpoint) or not path.is_file():
+  if storage.is_url(checkpoint) or not path.is_file():
     return None
   try:
     return json.loads(path.read_text())

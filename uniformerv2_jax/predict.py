@@ -48,6 +48,7 @@ import numpy as np
 from flax import nnx
 
 from uniformerv2_jax import labels as labels_lib
+from uniformerv2_jax import storage
 from uniformerv2_jax.checkpoint import CheckpointMismatchError  # noqa: F401 (public here too)
 from uniformerv2_jax.data.pipeline import (
   ReaderConfig,
@@ -518,7 +519,7 @@ def check_output(output: str | None, what: str) -> None:
   """Fails before any work when ``output`` could not be written: an existing directory, a path
   below a file, or a folder without write permission (local paths; object stores are written
   as they are)."""
-  if not output or "://" in str(output):
+  if not output or storage.is_url(output):
     return
   path = os.path.abspath(output)
   if os.path.isdir(path):
@@ -528,7 +529,7 @@ def check_output(output: str | None, what: str) -> None:
 
 def check_input(inputs: Any) -> None:
   """A local ``--input`` path must exist before the model is loaded."""
-  if isinstance(inputs, str | os.PathLike) and "://" not in str(inputs) \
+  if isinstance(inputs, str | os.PathLike) and not storage.is_url(inputs) \
       and not os.path.exists(inputs):
     raise InputNotFound(f"--input {inputs}: no such file or directory (give a video file, a "
                         "frame folder, a folder of videos or a list file)")
@@ -541,7 +542,7 @@ def _write_atomically(output: str, write) -> None:
 
   out = epath.Path(output)
   out.parent.mkdir(parents=True, exist_ok=True)
-  if "://" in str(output):
+  if storage.is_url(output):
     with out.open("wb") as f:
       write(f)
     return

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from etils import epath
+if TYPE_CHECKING:
+  from etils import epath
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -22,6 +23,8 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def _epath(path: str | os.PathLike) -> epath.Path:
+  from etils import epath  # imported on the first URL: local-only callers never pay for it
+
   return epath.Path(os.fspath(path))
 
 

@@ -25,6 +25,7 @@ from uniformerv2_jax import data as data_lib
 from uniformerv2_jax import evaluate as eval_lib
 from uniformerv2_jax import labels as labels_lib
 from uniformerv2_jax import sharding as shard_lib
+from uniformerv2_jax import storage
 from uniformerv2_jax.errors import InputError
 from uniformerv2_jax.metrics_writer import MetricsWriter
 from uniformerv2_jax.model import ModelConfig, create_model
@@ -486,7 +487,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
 def export_hub(workdir: str) -> None:
   """The finished run as a model-hub folder, ``WORKDIR/hub`` (``hub.write_hub``: the final
   weights, config, labels and a card with the last eval's top-1); replaced on a rerun."""
-  if jax.process_count() > 1 or "://" in workdir:
+  if jax.process_count() > 1 or storage.is_url(workdir):
     # Loading the run back on one process would wait for the others; the folder is local.
     logging.warning("export_hub: written by single-process runs on local workdirs; write it "
                     "with `python convert_torch_weights.py --input %s --output %s --format hub`",

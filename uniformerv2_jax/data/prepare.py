@@ -59,6 +59,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 from PIL import Image
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.arg_types import positive_int
 from uniformerv2_jax.data import splits
 from uniformerv2_jax.data.sources import Record, VideoListSource, encode_record
@@ -255,7 +256,7 @@ def write_shard(job: ShardJob) -> dict:
   start = time.perf_counter()
   out = epath.Path(job.out)
   tmp = out / f".{job.name}.tmp-{uuid.uuid4().hex}"  # unique: a retried worker never collides
-  local = _is_local(job.out)
+  local = not storage.is_url(job.out)
   workdir = None if local else tempfile.mkdtemp(prefix="prepare-")
   write_to = os.fspath(tmp) if local else os.path.join(workdir, job.name)
   try:
@@ -296,10 +297,6 @@ def _write_records(job: ShardJob, path: str) -> tuple[dict, list[dict]]:
   finally:
     writer.close()
   return {"name": job.name, "num_records": count, "videos": videos}, errors
-
-
-def _is_local(path: str) -> bool:
-  return "://" not in path
 
 
 # ----------------------------------------------------------------------------- the output folder
@@ -416,7 +413,7 @@ def prepare_source(
     prepare_beam.check_available(runner)
   if prefix and not epath.Path(prefix).exists():
     raise InputError(f"--prefix {prefix} does not exist")
-  if _is_local(out):
+  if not storage.is_url(out):
     check_can_write("--out", out)
   plan = make_plan(source, prefix, out, Settings(short_side, fmt, records_per_shard))
   start = time.perf_counter()
