@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.test_app_browser import free_port, start_app  # noqa: E402
+from tests.test_app_browser import start_app  # noqa: E402
+from tests.util import free_port  # noqa: E402
 from uniformerv2_jax import checkpoint  # noqa: E402
 from uniformerv2_jax.config_files import load_config_file  # noqa: E402
 from uniformerv2_jax.data import demo_dataset  # noqa: E402

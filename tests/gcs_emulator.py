@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from tests.util import LOOPBACK, free_port
 
 
 def binary() -> Path | None:
@@ -38,12 +37,6 @@ def binary() -> Path | None:
   path = (Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
           / f"fake-gcs-server-{platform.system().lower()}-{arch}")
   return path if arch and path.exists() else None
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind((LOOPBACK, 0))
-    return s.getsockname()[1]
 
 
 def client_env(url: str, cloudsdk_config: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.util import fast_compile_env
+from tests.util import fast_compile_env, free_port
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 120.0
@@ -45,12 +44,6 @@ def _missing_browser() -> str | None:
 
 
 # ----------------------------------------------------------------------------- server and browser
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def start_app(checkpoint: str, port: int, log_path: str, env: dict[str, str]) -> subprocess.Popen:
   """The app as a user starts it, its output in ``log_path``; returns once the page answers."""
   log = open(log_path, "wb")

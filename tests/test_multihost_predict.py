@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, REPO
-from tests.test_multiprocess import _free_port
 from tests.test_predict import _frames
-from tests.util import fast_compile_env
+from tests.util import fast_compile_env, free_port
 from uniformerv2_jax import checkpoint, load_official
 from uniformerv2_jax.data.demo_dataset import write_mp4
 from uniformerv2_jax.errors import InputError
@@ -62,7 +61,7 @@ def inputs(tmp_path_factory):
 def _launch(inputs, out, num_processes):
   """The worker on ``num_processes`` processes; each one's STATUS line (exit statuses)."""
   out.mkdir()
-  port = _free_port()
+  port = free_port()
   procs = []
   for pid in range(num_processes):
     extra = dict(JAX_PLATFORMS="cpu")

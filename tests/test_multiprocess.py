@@ -5,7 +5,6 @@ reads a disjoint half of the data."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,18 +12,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.util import fast_compile_env
+from tests.util import fast_compile_env, free_port
 from uniformerv2_jax.checkpoint import load_checkpoint
 from uniformerv2_jax.data import demo_dataset
 from uniformerv2_jax.data.pipeline import make_train_dataset
 from uniformerv2_jax.data.sources import VideoListSource
 from uniformerv2_jax.trees import flat_state
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _cmd(root, workdir):
@@ -68,7 +61,7 @@ def test_two_processes_equal_one(root, tmp_path):
   subprocess.run(_cmd(root, single), cwd=REPO, check=True, capture_output=True, timeout=600,
                  env=fast_compile_env())
   multi = str(tmp_path / "multi")
-  port = _free_port()
+  port = free_port()
   procs = []
   for pid in range(2):
     env = fast_compile_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",

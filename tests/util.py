@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import numpy as np
 
@@ -14,6 +15,15 @@ from uniformerv2_jax.model import ModelConfig
 # test subprocesses that run a few steps and whose numbers are compared only with runs compiled
 # under the same flags (never with fixed reference numbers), or not compared at all.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+LOOPBACK = "127.0.0.1"  # every server a test starts binds here, and nothing else is reached
+
+
+def free_port() -> int:
+  """A TCP port on the loopback address that nothing listens on at the moment of the call."""
+  with socket.socket() as s:
+    s.bind((LOOPBACK, 0))
+    return s.getsockname()[1]
 
 
 def fast_compile_env(xla_flags: str = "", **extra: str) -> dict[str, str]:
