@@ -24,11 +24,11 @@ import pytest
 
 from tests import readme_commands as rc
 from tests.conftest import FIXTURES, REPO
+from tests.util import FAST_COMPILE
 
 README = REPO / "README.md"
 CI_RUN = REPO / ".ci" / "run"
 CHAINS = ("demo", "convert", "train", "scale", "installed")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 LINKED = ("main.py", "convert_torch_weights.py", "configs")  # the checkout, as the user has it
 COPIED = {  # workspace name -> fixture file (see rc.WORKSPACE_FILES)
   "k400_uniformerv2_b16_8x224.pyth": "tiny_k400/model.pth",

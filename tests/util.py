@@ -13,8 +13,11 @@ from uniformerv2_jax.model import ModelConfig
 
 # XLA CPU flags that roughly halve compile time (LLVM at -O0) at the cost of slower kernels: for
 # test subprocesses that run a few steps and whose numbers are compared only with runs compiled
-# under the same flags (never with fixed reference numbers), or not compared at all.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# under the same flags (never with fixed reference numbers), or not compared at all. In-process
+# tests pass the same options to one compile: ``jit(f).lower(...).compile(FAST_COMPILE_OPTIONS)``.
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                        "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE_OPTIONS.items())
 
 LOOPBACK = "127.0.0.1"  # every server a test starts binds here, and nothing else is reached
 
