@@ -45,7 +45,9 @@ def gcs(tmp_path_factory):
         if f.is_file():
           dst = epath.Path(f"{BUCKET}/demo") / f.relative_to(local).as_posix()
           dst.write_bytes(f.read_bytes())
-      run_env = {**fast_compile_env(), **env}
+      # The runs compile the same steps: later ones load them from a compilation cache (no test
+      # here times an interrupt against a compile; the kill -9 waits for a committed step).
+      run_env = {**fast_compile_env(compile_cache=tmp / "compile_cache"), **env}
       run_env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
       yield run_env
     finally:

@@ -3,6 +3,7 @@ final summary, and no library chatter unless asked for with ``--verbosity``."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,9 +33,11 @@ def _train(dataset: str, workdir: str, steps: int, *flags: str) -> str:
   cmd = [sys.executable, "main.py", "--config", f"tests/tiny_train_config.py:{dataset}",
          "--workdir", workdir, f"--config.total_steps={steps}",
          "--config.checkpoint_every_steps=3", "--config.eval_every_steps=100", *flags]
-  # What is checked is the output, not the numbers: cheap XLA compiles (see FAST_COMPILE).
+  # What is checked is the output, not the numbers: cheap XLA compiles (see FAST_COMPILE), and
+  # the later runs load the first one's from a compilation cache beside the workdir.
+  cache = os.path.join(os.path.dirname(workdir), "compile_cache")
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env=fast_compile_env())
+                        env=fast_compile_env(compile_cache=cache))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout + proc.stderr
 

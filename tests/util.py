@@ -29,9 +29,18 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def fast_compile_env(xla_flags: str = "", **extra: str) -> dict[str, str]:
-  """``os.environ`` plus ``extra``, with ``XLA_FLAGS`` = ``xla_flags`` and FAST_COMPILE."""
-  return {**os.environ, **extra, "XLA_FLAGS": " ".join(f for f in (xla_flags, FAST_COMPILE) if f)}
+def fast_compile_env(xla_flags: str = "", *, compile_cache: str | os.PathLike | None = None,
+                     **extra: str) -> dict[str, str]:
+  """``os.environ`` plus ``extra``, with ``XLA_FLAGS`` = ``xla_flags`` and FAST_COMPILE.
+
+  ``compile_cache``: a folder for JAX's persistent compilation cache, for runs that repeat a
+  compile another run of the test already did (a resume, a second run of one config): the
+  repeat loads the executable instead (tiny train run: 21 -> 15 s). Not for runs whose test
+  interrupts them at a moment of the run (a cached compile moves every later moment)."""
+  env = {**os.environ, **extra, "XLA_FLAGS": " ".join(f for f in (xla_flags, FAST_COMPILE) if f)}
+  if compile_cache is not None:
+    env["JAX_COMPILATION_CACHE_DIR"] = os.fspath(compile_cache)
+  return env
 
 
 def random_official_state_dict(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
