@@ -165,6 +165,11 @@ def test_user_errors_before_any_work(dataset, tmp_path, monkeypatch):
   with pytest.raises(InputError, match="--runner DataflowRunner needs apache-beam"):
     prepare.main(["--list", list_file, "--out", str(out), "--runner", "DataflowRunner"])
   assert prepare._default_runner() == "local"
+  monkeypatch.delitem(sys.modules, "apache_beam")
+  pytest.importorskip("apache_beam")  # the beam extra (requirements-dev installs it)
+  with pytest.raises(InputError, match="--prefix .*, --out .* must be gs:// paths"):
+    prepare.main(["--list", list_file, "--prefix", root, "--out", str(out),
+                  "--runner", "DataflowRunner", "--project", "p"])
   with pytest.raises(InputError, match="--prefix .*nowhere does not exist"):
     prepare.prepare(list_file, str(tmp_path / "nowhere"), str(out))
   assert not out.exists()
@@ -209,3 +214,30 @@ def test_gs_paths_write_what_local_paths_write(dataset, outputs, tmp_path):
       assert got[name] == want[name], name
   strip = lambda b: [(e["path"], e["kind"]) for e in map(json.loads, b.decode().splitlines())]
   assert strip(got["errors.jsonl"]) == strip(want["errors.jsonl"])
+
+
+def test_pipeline_elements_carry_list_positions_not_videos(tmp_path):
+  """A runner ships the pipeline's elements inside its job graph (Dataflow: ~10 MB at most).
+  For a Kinetics-sized list the elements stay small, and each one's videos, read back by the
+  worker from the plan beside the output, are exactly its shard's slice of the list; a plan
+  file that changed under the pipeline is an error, never a different list."""
+  import pickle
+
+  n = 240_000  # Kinetics-400's training list
+  videos = tuple(prepare.Video(f"/data/k400/train/class_{i % 400}/video, {i:06d}.mp4",
+                               f"train/class_{i % 400}/video, {i:06d}.mp4", i % 400)
+                 for i in range(n))
+  plan = prepare.Plan(str(tmp_path), videos, prepare.Settings(records_per_shard=1000))
+  jobs = prepare.pending_jobs(plan)
+  tasks = [job.task(plan.videos_sha256) for job in jobs]
+  assert len(tasks) == plan.num_shards == 240
+  size = len(pickle.dumps(tasks))
+  assert size < 200_000, f"{size} bytes of elements for {n} videos"  # whole jobs: 24 MB
+  prepare.read_plan_videos.cache_clear()  # read as a fresh worker does
+  assert [v for t in tasks for v in t.job().videos] == list(videos)
+  assert [t.job().name for t in tasks[:2]] == [j.name for j in jobs[:2]]
+  other = prepare.Plan(str(tmp_path), videos[:10], plan.settings)
+  prepare.write_plan_videos(other)  # another prepare into the same --out meanwhile
+  prepare.read_plan_videos.cache_clear()
+  with pytest.raises(RuntimeError, match="changed while the pipeline ran"):
+    tasks[0].job()

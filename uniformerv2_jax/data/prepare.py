@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -128,6 +129,7 @@ INDEX_VERSION = 2
 ERRORS_FILE = "errors.jsonl"
 STATE_DIR = ".prepare"  # the plan and one index entry per complete shard, for resuming
 PLAN_FILE = "plan.json"
+VIDEOS_FILE = "videos.jsonl"  # the plan's videos in list order: [path, stored path, label]
 LOCAL_RUNNER = "local"
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 # What one unreadable video raises; anything else is a bug and stops the run.
@@ -184,17 +186,44 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class ShardJob:
-  """Everything a worker needs to write shard ``index`` of ``count`` (a Beam element)."""
+  """Everything a worker needs to write shard ``index`` of ``count``: list positions
+  ``[start, start + len(videos))``."""
 
   out: str
   index: int
   count: int
+  start: int
   videos: tuple[Video, ...]
   settings: Settings
 
   @property
   def name(self) -> str:
     return shard_name(self.index, self.count)
+
+  def task(self, videos_sha256: str) -> ShardTask:
+    """The task of this job; ``videos_sha256``: of the plan's ``videos.jsonl``."""
+    return ShardTask(self.out, self.index, self.count, self.start,
+                     self.start + len(self.videos), self.settings, videos_sha256)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+  """A shard job without its videos: what a Beam element carries. A runner ships the elements
+  inside the job graph (Dataflow refuses graphs above ~10 MB; the 240 jobs of a Kinetics-400
+  list pickle to 24 MB, their tasks to 11 KB), so the worker reads its videos from the plan's
+  ``videos.jsonl`` in the output's state folder instead, once per worker process."""
+
+  out: str
+  index: int
+  count: int
+  start: int
+  stop: int
+  settings: Settings
+  videos_sha256: str  # the plan file it was cut from: a changed file is an error, never used
+
+  def job(self) -> ShardJob:
+    videos = read_plan_videos(self.out, self.videos_sha256)[self.start:self.stop]
+    return ShardJob(self.out, self.index, self.count, self.start, videos, self.settings)
 
 
 def shard_name(index: int, count: int) -> str:
@@ -223,8 +252,17 @@ class Plan:
 
   def jobs(self) -> list[ShardJob]:
     n = self.num_shards
-    return [ShardJob(self.out, k, n, self.videos[c.start:c.stop], self.settings)
+    return [ShardJob(self.out, k, n, c.start, self.videos[c.start:c.stop], self.settings)
             for k, c in enumerate(_chunks(len(self.videos), self.settings.records_per_shard))]
+
+  @functools.cached_property
+  def videos_text(self) -> str:
+    """The ``videos.jsonl`` of the plan: one ``[path, stored path, label]`` per line."""
+    return "".join(json.dumps([v.path, v.rel, v.label]) + "\n" for v in self.videos)
+
+  @functools.cached_property
+  def videos_sha256(self) -> str:
+    return hashlib.sha256(self.videos_text.encode()).hexdigest()
 
   def fingerprint(self) -> dict:
     """What identifies the output: the list's stored paths and labels and the settings."""
@@ -276,6 +314,11 @@ def write_shard(job: ShardJob) -> dict:
   return entry
 
 
+def write_task(task: ShardTask) -> dict:
+  """:func:`write_shard` for a task (a Beam element): its videos read from the plan."""
+  return write_shard(task.job())
+
+
 def _write_records(job: ShardJob, path: str) -> tuple[dict, list[dict]]:
   # group_size 1: every record is read on its own (random access).
   writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
@@ -309,10 +352,28 @@ def pending_jobs(plan: Plan, overwrite: bool = False) -> list[ShardJob]:
   _check_same_plan(plan)
   _state(plan.out, PLAN_FILE).parent.mkdir(parents=True, exist_ok=True)
   _state(plan.out, PLAN_FILE).write_text(json.dumps(plan.fingerprint()))
+  write_plan_videos(plan)  # a Beam worker reads its shard's videos there
   for stale in out.glob(".data-*.tmp-*"):  # shards a killed run left half-written
     stale.unlink()
   return [job for job in plan.jobs()
           if not ((out / job.name).exists() and _entry_file(plan.out, job.index).exists())]
+
+
+def write_plan_videos(plan: Plan) -> None:
+  """Write the plan's videos to ``out``'s state folder (``plan.videos_sha256`` is its hash)."""
+  _state(plan.out, VIDEOS_FILE).write_text(plan.videos_text)
+
+
+@functools.lru_cache(maxsize=4)  # keyed by the content's hash: never a stale list
+def read_plan_videos(out: str, sha256: str) -> tuple[Video, ...]:
+  """The videos :func:`write_plan_videos` wrote to ``out``'s state folder, in list order;
+  raises when the file is no longer the one of hash ``sha256``."""
+  path = _state(out, VIDEOS_FILE)
+  text = path.read_text()
+  if hashlib.sha256(text.encode()).hexdigest() != sha256:
+    raise RuntimeError(f"{path} changed while the pipeline ran (another prepare into --out "
+                       f"{out}?): run again")
+  return tuple(Video(p, rel, int(label)) for p, rel, label in map(json.loads, text.splitlines()))
 
 
 def _output_files(out: epath.Path) -> list[epath.Path]:
@@ -411,6 +472,12 @@ def prepare_source(
     from uniformerv2_jax.data import prepare_beam
 
     prepare_beam.check_available(runner)
+  if runner == "DataflowRunner":  # cloud workers read the videos and the plan, write shards
+    local = [f"--{k} {v}" for k, v in (("prefix", prefix), ("out", out))
+             if not storage.is_url(v)]
+    if local:
+      raise InputError(f"--runner DataflowRunner: {', '.join(local)} must be gs:// paths (the "
+                       "workers read the videos and write the shards there)")
   if prefix and not epath.Path(prefix).exists():
     raise InputError(f"--prefix {prefix} does not exist")
   if not storage.is_url(out):
@@ -423,7 +490,8 @@ def prepare_source(
       write_shard(job)
     summary = finish(out, plan.num_shards)
   else:
-    summary = prepare_beam.run(jobs, out, plan.num_shards, runner, beam_args)
+    tasks = [job.task(plan.videos_sha256) for job in jobs]
+    summary = prepare_beam.run(tasks, out, plan.num_shards, runner, beam_args)
   seconds = time.perf_counter() - start
   done = sum(len(j.videos) for j in jobs)
   print(f"prepare: {summary['num_videos']} videos in {plan.num_shards} shard(s), "

@@ -1,10 +1,12 @@
 """The Apache Beam pipeline of :mod:`uniformerv2_jax.data.prepare`.
 
-``Create(shard jobs) -> Reshuffle -> ParDo(write_shard) -> ToList -> Map(finish)``: each element
-is one shard's videos, so a worker encodes and writes a whole shard (with ArrayRecordWriter,
-inside the DoFn) and the pipeline's output does not depend on how the runner spreads the shards;
-the last step writes ``index.json`` and ``errors.jsonl`` once every shard is complete. The
-Reshuffle lets the runner hand the shards to different workers (Create alone is one bundle).
+``Create(shard tasks) -> Reshuffle -> Map(write_task) -> ToList -> Map(finish)``: each element
+is one shard's list positions (``prepare.ShardTask``; the worker reads those videos from the
+plan the launcher wrote beside the output, so the job graph stays small for any list), a worker
+encodes and writes a whole shard (with ArrayRecordWriter, inside the step) and the pipeline's
+output does not depend on how the runner spreads the shards; the last step writes
+``index.json`` and ``errors.jsonl`` once every shard is complete. The Reshuffle lets the runner
+hand the shards to different workers (Create alone is one bundle).
 
 With DirectRunner and no ``--direct_num_workers`` given, the pipeline runs in
 ``multi_processing`` mode with one worker process per local core.
@@ -43,10 +45,10 @@ def pipeline_args(runner: str, beam_args: Sequence[str]) -> list[str]:
   return args
 
 
-def run(jobs: Sequence, out: str, num_shards: int, runner: str,
+def run(tasks: Sequence, out: str, num_shards: int, runner: str,
         beam_args: Sequence[str] = ()) -> dict:
-  """Write the shards of ``jobs`` (``prepare.ShardJob``) with a Beam pipeline, then the index of
-  all ``num_shards`` shards; returns ``prepare.finish``'s summary."""
+  """Write the shards of ``tasks`` (``prepare.ShardTask``) with a Beam pipeline, then the index
+  of all ``num_shards`` shards; returns ``prepare.finish``'s summary."""
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -55,9 +57,9 @@ def run(jobs: Sequence, out: str, num_shards: int, runner: str,
   options = PipelineOptions(pipeline_args(runner, beam_args))
   with beam.Pipeline(options=options) as p:
     _ = (p
-         | "Shards" >> beam.Create(list(jobs))
+         | "Shards" >> beam.Create(list(tasks))
          | "Spread" >> beam.Reshuffle()
-         | "Write" >> beam.Map(prepare.write_shard)
+         | "Write" >> beam.Map(prepare.write_task)
          | "All" >> beam.combiners.ToList()
          | "Index" >> beam.Map(lambda _, o=out, n=num_shards: prepare.finish(o, n)))
   # The index step ran in a worker; the summary is read back from what it wrote.
