@@ -17,6 +17,8 @@ records_per_shard)`` in list order, so the output does not depend on which worke
 shard or when. A shard is written under a temporary name and renamed when complete, after its
 index entry (``OUT/.prepare/shard-XXXXX.json``); a run that finds complete shards of the same
 list and settings (``OUT/.prepare/plan.json``) keeps them, which is how a crashed run resumes.
+The list itself, as read, is ``OUT/.prepare/videos.jsonl`` (where Beam workers find their
+shards' videos).
 Videos that cannot be read (missing, empty, truncated, undecodable) are left out of the shards,
 logged, and listed in ``OUT/errors.jsonl`` (``path``, ``kind``, ``reason``); ``index.json``
 counts them.
