@@ -161,15 +161,14 @@ def test_user_errors_before_any_work(dataset, tmp_path, monkeypatch):
   with pytest.raises(SystemExit):  # Beam options without a Beam runner
     prepare.main(["--list", list_file, "--out", str(out), "--runner", "local",
                   "--direct_num_workers=2"])
-  monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if it were not installed
-  with pytest.raises(InputError, match="--runner DataflowRunner needs apache-beam"):
-    prepare.main(["--list", list_file, "--out", str(out), "--runner", "DataflowRunner"])
-  assert prepare._default_runner() == "local"
-  monkeypatch.delitem(sys.modules, "apache_beam")
   pytest.importorskip("apache_beam")  # the beam extra (requirements-dev installs it)
   with pytest.raises(InputError, match="--prefix .*, --out .* must be gs:// paths"):
     prepare.main(["--list", list_file, "--prefix", root, "--out", str(out),
                   "--runner", "DataflowRunner", "--project", "p"])
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if it were not installed
+  with pytest.raises(InputError, match="--runner DataflowRunner needs apache-beam"):
+    prepare.main(["--list", list_file, "--out", str(out), "--runner", "DataflowRunner"])
+  assert prepare._default_runner() == "local"
   with pytest.raises(InputError, match="--prefix .*nowhere does not exist"):
     prepare.prepare(list_file, str(tmp_path / "nowhere"), str(out))
   assert not out.exists()

@@ -75,16 +75,6 @@ def read_text(path: str) -> str:
     return f.read()
 
 
-def size(path: str) -> int:
-  """Size in bytes (FileNotFoundError when absent, as ``os.stat``)."""
-  if is_url(path):
-    p = _epath(path)
-    if not p.is_file():
-      raise FileNotFoundError(path)
-    return p.stat().length
-  return os.stat(path).st_size
-
-
 def absolute(path: str) -> str:
   """``os.path.abspath`` for local paths; a URL as it is."""
   return os.fspath(path) if is_url(path) else os.path.abspath(path)

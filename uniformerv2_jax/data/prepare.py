@@ -66,7 +66,7 @@ from uniformerv2_jax import storage
 from uniformerv2_jax.arg_types import positive_int
 from uniformerv2_jax.data import splits
 from uniformerv2_jax.data.sources import Record, VideoListSource, encode_record
-from uniformerv2_jax.data.video import DecodeError, read_video
+from uniformerv2_jax.data.video import DecodeError, read_file_bytes, read_video
 from uniformerv2_jax.errors import InputError, check_can_write, run_main
 
 
@@ -138,17 +138,9 @@ BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 BAD_VIDEO_ERRORS = (DecodeError, av.FFmpegError, OSError, ValueError)
 
 
-def read_video_bytes(path: str) -> bytes:
-  """The bytes of a video at any epath path; a missing one raises DecodeError("missing")."""
-  try:
-    return epath.Path(path).read_bytes()
-  except FileNotFoundError as e:
-    raise DecodeError("missing", path) from e
-
-
 def make_records(path: str, rel_path: str, label: int, short_side: int, fmt: str) -> list[bytes]:
   """The records of one video: its map record, then (``jpeg``) one record per frame."""
-  frames, fps = _all_frames(read_video_bytes(path), path)
+  frames, fps = _all_frames(read_file_bytes(path), path)
   frames = _resize_short(frames, short_side)
   rec = {
     "path": rel_path,
@@ -476,7 +468,7 @@ def prepare_source(
     prepare_beam.check_available(runner)
   if runner == "DataflowRunner":  # cloud workers read the videos and the plan, write shards
     local = [f"--{k} {v}" for k, v in (("prefix", prefix), ("out", out))
-             if not storage.is_url(v)]
+             if v and not storage.is_url(v)]
     if local:
       raise InputError(f"--runner DataflowRunner: {', '.join(local)} must be gs:// paths (the "
                        "workers read the videos and write the shards there)")

@@ -69,36 +69,35 @@ class Clip:
 
 
 def _check_file(path: str) -> None:
-  """Classify the common filesystem failures before handing the file to FFmpeg."""
+  """Classify the common failures of a local file before handing it to FFmpeg."""
   try:
-    size = storage.size(path)
+    size = os.stat(path).st_size
   except FileNotFoundError as e:
     raise DecodeError("missing", path) from e
   except PermissionError as e:
     raise DecodeError("permission", path) from e
   if size == 0:
     raise DecodeError("empty", path)
-  if not storage.is_url(path) and not os.access(path, os.R_OK):
+  if not os.access(path, os.R_OK):
     raise DecodeError("permission", path)
 
 
-def _read_bytes(path: str) -> bytes:
-  with storage.open_file(path, "rb") as f:
-    return f.read()
-
-
-def _fetch(url: str) -> bytes:
-  """A remote file's bytes, failures classified as :func:`_check_file` does locally."""
+def read_file_bytes(path: str) -> bytes:
+  """The bytes of a local file or a URL (``gs://...``); what is wrong with it is raised as
+  :class:`DecodeError` (missing, permission, empty, unreadable), for URLs as for local files."""
+  if not storage.is_url(path):
+    _check_file(path)
   try:
-    data = _read_bytes(url)
+    with storage.open_file(path, "rb") as f:
+      data = f.read()
   except FileNotFoundError as e:
-    raise DecodeError("missing", url) from e
+    raise DecodeError("missing", path) from e
   except PermissionError as e:
-    raise DecodeError("permission", url) from e
+    raise DecodeError("permission", path) from e
   except OSError as e:
-    raise DecodeError("unreadable", url, str(e)) from e
+    raise DecodeError("unreadable", path, str(e)) from e
   if not data:
-    raise DecodeError("empty", url)
+    raise DecodeError("empty", path)
   return data
 
 
@@ -110,9 +109,9 @@ def _open(src: str | bytes, label: str, probe_decode: bool = True):
     if len(src) == 0:
       raise DecodeError("empty", label)
     handle: str | io.BytesIO = io.BytesIO(bytes(src))
-  else:
+  else:  # a local path (read_video fetched a URL's bytes already)
     _check_file(src)
-    handle = io.BytesIO(_fetch(src)) if storage.is_url(src) else src
+    handle = src
   # skip_frame here reaches only the probing decoder, not the one that decodes the frames.
   options = None if probe_decode else {"skip_frame": "all"}
   try:
@@ -171,7 +170,7 @@ def read_video(
   if isinstance(src, str) and storage.is_url(src):
     # Fetched whole, once: the selective reader may open the file twice, and FFmpeg's seeks
     # over an object store would each be a ranged request.
-    src = _fetch(src)
+    src = read_file_bytes(src)
   drawn: dict[int, np.ndarray] = {}
 
   def indices_once(length: int) -> np.ndarray:
@@ -554,12 +553,7 @@ def read_image_files(
     if path in cache:
       continue
     try:
-      if storage.is_url(path):
-        data = _fetch(path)
-      else:
-        _check_file(path)
-        data = _read_bytes(path)
-      cache[path] = decode_image(data, bgr, max_pixels, path)
+      cache[path] = decode_image(read_file_bytes(path), bgr, max_pixels, path)
     except DecodeError:
       raise
     except PermissionError as e:
